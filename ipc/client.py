@@ -1,0 +1,191 @@
+"""The client library for CLIs, GUIs and test programs: call a running station, follow its events.
+
+    with StationClient("ict") as station:
+        print(station.call("get_status"))
+
+    for event in EventStream("ict"):
+        print(event.seq, event.topic, event.data)
+
+A call that no station answers raises StationUnavailable with a message that says which
+instance and socket were tried, instead of hanging.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
+from ipc.protocol import Message, MsgType, ProtocolError, decode
+from ipc.sockets import new_socket, send
+
+
+class StationUnavailable(Exception):
+    """No station answered."""
+
+
+class CommandFailed(Exception):
+    """The station answered with an error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _socket_file(endpoint: str) -> str:
+    return endpoint.removeprefix("ipc://")
+
+
+class StationClient:
+    def __init__(
+        self,
+        instance: str = DEFAULT_INSTANCE,
+        *,
+        paths: InstancePaths | None = None,
+        timeout_s: float = 5.0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.paths = paths or instance_paths(instance)
+        self.timeout_s = timeout_s
+        self._context = context or zmq.Context.instance()
+        self._ids = itertools.count(1)
+        self._socket: zmq.Socket | None = None
+
+    def __enter__(self) -> StationClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _connected(self) -> zmq.Socket:
+        if self._socket is None:
+            endpoint = self.paths.control_endpoint
+            if not os.path.exists(_socket_file(endpoint)):
+                raise StationUnavailable(self._not_running())
+            self._socket = new_socket(self._context, zmq.DEALER)
+            self._socket.connect(endpoint)
+        return self._socket
+
+    def _not_running(self) -> str:
+        return (
+            f"no station is running for instance '{self.paths.instance}' "
+            f"(nothing answers on {self.paths.control_endpoint}); "
+            f"start it with: wats-station service --instance-id {self.paths.instance}"
+        )
+
+    def call(self, command: str, *, timeout_s: float | None = None, **args: Any) -> Any:
+        """Send one command and return its result; raises CommandFailed or StationUnavailable."""
+        sock = self._connected()
+        request_id = next(self._ids)
+        send(sock, Message(MsgType.REQUEST, {"command": command, "args": args}, request_id))
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sock.poll(remaining * 1000):
+                break
+            try:
+                reply = decode(sock.recv_multipart()[-1])
+            except ProtocolError:
+                continue
+            if reply.type is not MsgType.REPLY or reply.id != request_id:
+                continue  # a late answer to an earlier call that timed out
+            if reply.body["ok"]:
+                return reply.body.get("result")
+            error = reply.body.get("error") or {}
+            raise CommandFailed(str(error.get("code", "error")), str(error.get("message", "")))
+        # The socket may still receive the late reply; a fresh one keeps later calls clean.
+        self.close()
+        raise StationUnavailable(
+            f"station '{self.paths.instance}' did not answer '{command}' within "
+            f"{self.timeout_s if timeout_s is None else timeout_s:g} s"
+        )
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    topic: str
+    time: float
+    data: dict[str, Any]
+
+
+class EventStream:
+    """Live events, in order. A gap in sequence numbers (a slow reader, a restarted station)
+    is reported as a synthetic ``resync`` event carrying a fresh status snapshot, so a GUI
+    never silently misses state."""
+
+    def __init__(
+        self,
+        instance: str = DEFAULT_INSTANCE,
+        *,
+        topics: tuple[str, ...] = ("",),
+        paths: InstancePaths | None = None,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.paths = paths or instance_paths(instance)
+        self._context = context or zmq.Context.instance()
+        if not os.path.exists(_socket_file(self.paths.events_endpoint)):
+            raise StationUnavailable(StationClient(paths=self.paths)._not_running())
+        self._sub = new_socket(self._context, zmq.SUB)
+        for topic in topics:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self._sub.connect(self.paths.events_endpoint)
+        self._last_seq: int | None = None
+        self._epoch: str | None = None
+
+    def close(self) -> None:
+        self._sub.close(linger=0)
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def snapshot(self) -> Event:
+        """Fetch the current status and the sequence number it corresponds to."""
+        with StationClient(paths=self.paths, context=self._context) as client:
+            snap = client.call("get_snapshot")
+        self._last_seq = snap["seq"]
+        self._epoch = snap["epoch"]
+        return Event(snap["seq"], "resync", time.time(), snap["status"])
+
+    def next(self, timeout_s: float | None = None) -> Event | None:
+        """The next event, or None when ``timeout_s`` passes without one."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            wait_ms = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            if not self._sub.poll(wait_ms):
+                return None
+            frames = self._sub.recv_multipart()
+            try:
+                message = decode(frames[-1])
+            except ProtocolError:
+                continue
+            body = message.body
+            seq = body["seq"]
+            if self._epoch is not None and body["epoch"] != self._epoch:
+                return self.snapshot()  # the station restarted
+            self._epoch = body["epoch"]
+            if self._last_seq is not None and seq <= self._last_seq:
+                continue  # already covered by the snapshot
+            if self._last_seq is not None and seq != self._last_seq + 1:
+                return self.snapshot()
+            self._last_seq = seq
+            return Event(seq, body["topic"], float(body["time"]), body["data"])
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self.next()
+            if event is not None:
+                yield event

@@ -1,0 +1,404 @@
+"""The ``wats-station`` command line: run the station, and talk to a running one.
+
+Errors are one line on stderr starting with ``error:``; exit status 1 for a failure, 2 for
+bad usage or a bad config, 3 when no station answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
+from ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNAVAILABLE = 3
+
+
+class CliError(Exception):
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _paths(args: argparse.Namespace) -> InstancePaths:
+    try:
+        return instance_paths(args.instance_id)
+    except ValueError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+
+
+def _call(args: argparse.Namespace, command: str, **kwargs: Any) -> Any:
+    with StationClient(paths=_paths(args), timeout_s=args.timeout) as client:
+        return client.call(command, **kwargs)
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+# -- service ------------------------------------------------------------------------------
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from supervisor.config import ConfigError, load_config
+    from supervisor.lock import InstanceLocked
+    from supervisor.logs import setup_logging
+    from supervisor.queue import QueueError
+    from supervisor.service import StartupError, run_service
+
+    paths = _paths(args)
+    try:
+        config = load_config(paths)
+    except ConfigError as error:
+        raise CliError(f"configuration error: {error}", EXIT_USAGE) from None
+    setup_logging(paths, config.logging)
+    try:
+        return run_service(paths)
+    except InstanceLocked as error:
+        raise CliError(f"{error}; stop it first, or choose another --instance-id") from None
+    except (StartupError, QueueError, PermissionError) as error:
+        raise CliError(str(error)) from None
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from supervisor.lock import InstanceLocked, remove_stale_lock
+
+    paths = _paths(args)
+    try:
+        holder = remove_stale_lock(paths.lock_file)
+    except InstanceLocked as error:
+        raise CliError(
+            f"{error}; it is alive, so the lock stays (stop the station instead)"
+        ) from None
+    if holder is None:
+        print(f"instance '{paths.instance}' is not locked")
+    else:
+        print(
+            f"removed the stale lock of instance '{paths.instance}' "
+            f"(was pid {holder.get('pid', '?')})"
+        )
+    return 0
+
+
+# -- status and events --------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _call(args, "get_status")
+    if args.json:
+        _print_json(status)
+        return 0
+    server = status["server"]
+    queue = status["queue"]
+    print(
+        f"instance   {status['instance']}  ({status['state']}, pid {status['pid']}, "
+        f"up {format_duration(status['uptime_s'])})"
+    )
+    print(
+        f"server     {server['state']}  {server['url']}"
+        + (f"  ({server['detail']})" if server["detail"] else "")
+    )
+    print(
+        "queue      "
+        + ", ".join(
+            f"{queue.get(k, 0)} {k}" for k in ("pending", "processing", "completed", "failed")
+        )
+    )
+    files = status["files"]
+    print(
+        f"files      {files['converted']} converted, {files['failed']} failed, "
+        f"{files['waiting']} waiting"
+    )
+    print()
+    rows = [("WORKER", "KIND", "PID", "STATE", "RESTARTS", "UPTIME", "DOING")]
+    for w in status["workers"]:
+        doing = ", ".join(job["what"] for job in w["jobs"]) or (
+            "" if w["state"] == "running" else w["last_exit"] or ""
+        )
+        uptime = format_duration(w["uptime_s"]) if w["uptime_s"] is not None else "-"
+        rows.append(
+            (
+                w["name"],
+                w["kind"],
+                str(w["pid"] or "-"),
+                w["state"],
+                str(w["restarts"]),
+                uptime,
+                doing,
+            )
+        )
+    print_table(rows)
+    return 0
+
+
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    with EventStream(paths=paths, topics=tuple(args.topic or ("",))) as stream:
+        stream.snapshot()
+        deadline = time.monotonic() + args.duration if args.duration else None
+        while deadline is None or time.monotonic() < deadline:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            event = stream.next(remaining)
+            if event is None:
+                continue
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "seq": event.seq,
+                            "topic": event.topic,
+                            "time": event.time,
+                            "data": event.data,
+                        },
+                        default=str,
+                    ),
+                    flush=True,
+                )
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+                detail = " ".join(f"{k}={v}" for k, v in event.data.items() if k != "status")
+                print(f"{stamp} #{event.seq} {event.topic} {detail}", flush=True)
+    return 0
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        workers = _call(args, "list_workers")
+        if args.json:
+            _print_json(workers)
+        else:
+            rows = [("WORKER", "KIND", "PID", "STATE", "RESTARTS")]
+            rows += [
+                (w["name"], w["kind"], str(w["pid"] or "-"), w["state"], str(w["restarts"]))
+                for w in workers
+            ]
+            print_table(rows)
+        return 0
+    if not args.name:
+        raise CliError(f"workers {args.action} needs a worker name", EXIT_USAGE)
+    result = _call(args, f"{args.action}_worker", name=args.name)
+    print(f"{result['name']}: {result['state']}")
+    return 0
+
+
+def cmd_control(command: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        result = _call(args, command)
+        _print_json(result) if getattr(args, "json", False) else print(
+            f"{command}: {json.dumps(result)}"
+        )
+        return 0
+
+    return run
+
+
+# -- queue --------------------------------------------------------------------------------
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from supervisor import offline
+
+    paths = _paths(args)
+    command, arguments = _queue_request(args)
+    if offline.station_stopped(paths):
+        try:
+            result = offline.run_queue_command(paths, command, arguments)
+        except offline.control.CommandError as error:
+            raise CliError(str(error)) from None
+    else:
+        result = _call(args, command, **arguments)
+    return _print_queue(args, result)
+
+
+def _queue_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The control command (and its arguments) that a ``queue`` action stands for."""
+    action = args.action
+    if action == "stats":
+        return "get_queue_stats", {}
+    if action == "list":
+        return "list_reports", {"state": args.state, "limit": args.limit}
+    if action == "show":
+        return "get_report", {"id": _need_id(args)}
+    if action == "retry":
+        if not args.id and not args.failed:
+            raise CliError("queue retry needs a report ID or --failed", EXIT_USAGE)
+        return "retry_reports", {"ids": [args.id] if args.id else None, "failed": args.failed}
+    older = parse_duration(args.older_than) if args.older_than else None
+    return "clean_reports", {"completed": True, "failed": args.failed, "older_than_s": older}
+
+
+def _need_id(args: argparse.Namespace) -> str:
+    if not args.id:
+        raise CliError(f"queue {args.action} needs a report ID", EXIT_USAGE)
+    return args.id
+
+
+def parse_duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    try:
+        if text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text) * 86400
+    except (ValueError, IndexError):
+        raise CliError(
+            f"--older-than {text!r}: use a number of days, or e.g. 12h, 30m, 2w", EXIT_USAGE
+        ) from None
+
+
+def _print_queue(args: argparse.Namespace, result: Any) -> int:
+    if args.json or args.action == "show":
+        _print_json(result)
+    elif args.action == "stats":
+        for state in ("pending", "processing", "completed", "failed"):
+            print(f"{state:<11} {result.get(state, 0)}")
+    elif args.action == "list":
+        rows = [("ID", "STATE", "ATTEMPTS", "HTTP", "LAST ERROR")]
+        for r in result:
+            error = (r["last_error"] or "").splitlines()[0][:60] if r["last_error"] else ""
+            rows.append(
+                (r["id"], r["state"], str(r["attempts"]), str(r["last_http_status"] or ""), error)
+            )
+        print_table(rows)
+    else:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as error:
+        raise CliError(f"cannot read {path}: {error}") from None
+    try:
+        report = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise CliError(
+            f"{path}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}"
+        ) from None
+    reports = report if isinstance(report, list) else [report]
+    for item in reports:
+        result = _call(args, "submit_report", report=item)
+        print(f"queued {result['id']}")
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from scripts.emulator import main as emulator_main
+
+    return emulator_main(args.rest)
+
+
+# -- the parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wats-station",
+        description="Converts test result files to WATS reports, queues and uploads them.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--instance-id", default=DEFAULT_INSTANCE, help="station instance (default: %(default)s)"
+    )
+    common.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the station's answer"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("service", cmd_service, "run the station in the foreground (what systemd runs)")
+    p = add("status", cmd_status, "show the station's state, server link, queue and workers")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p = add("events", cmd_events, "print live events, one line each")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--topic", action="append", help="only topics starting with this (repeatable)")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p = add("workers", cmd_workers, "list, restart, stop or start workers")
+    p.add_argument("action", choices=("list", "restart", "stop", "start"))
+    p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    add("stop", cmd_control("stop"), "stop the running station gracefully")
+    add("restart", cmd_control("restart"), "restart every worker of the running station")
+    add("reload", cmd_control("reload"), "re-read the config file (like SIGHUP)")
+    add("unlock", cmd_unlock, "remove a stale instance lock left by a dead station")
+    p = add("queue", cmd_queue, "inspect and manage the report queue")
+    p.add_argument("action", choices=("stats", "list", "show", "retry", "clean"))
+    p.add_argument("id", nargs="?", help="report id (show, retry)")
+    p.add_argument("--state", choices=("pending", "processing", "completed", "failed"))
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument(
+        "--failed", action="store_true", help="retry: every failed report; clean: failed ones too"
+    )
+    p.add_argument(
+        "--completed", action="store_true", help="clean: completed reports (the default)"
+    )
+    p.add_argument(
+        "--older-than", help="clean: only reports older than this (days, or 12h, 30m, 2w)"
+    )
+    p.add_argument("--json", action="store_true")
+    p = add("submit", cmd_submit, "queue a WSJF report file through the running station")
+    p.add_argument("file")
+    p = add("emulator", cmd_emulator, "run the local WATS server emulator")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="emulator options (see --help)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.status
+    except StationUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except CommandFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

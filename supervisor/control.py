@@ -1,0 +1,308 @@
+"""The control API: one registered object per command (name, arguments, help, handler).
+
+``dispatch`` is the only place where a request becomes a reply: it looks the command up,
+checks the arguments (an unknown or mistyped argument is an error, never ignored), runs
+the handler, and turns any exception into an error reply with a code, never a traceback
+on the wire and never a crash of the station.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from converters.wsjf import InvalidReport, validate_report
+from ipc.protocol import ErrorCode, Message, reply_error, reply_ok
+from ipc.states import ReportState
+from supervisor.config import ConfigError, config_to_dict
+
+if TYPE_CHECKING:
+    from supervisor.process import WorkerProcess
+    from supervisor.service import Station
+
+log = logging.getLogger("wats-station")
+
+Handler = Callable[["Station", dict[str, Any]], Any]
+ArgSpec = dict[str, tuple[tuple[type, ...], bool]]
+
+
+class CommandError(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    args: ArgSpec
+    handler: Handler
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(
+    name: str, help: str, /, **args: tuple[tuple[type, ...], bool]
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        if name in COMMANDS:
+            raise ValueError(f"control command {name!r} is registered twice")
+        COMMANDS[name] = Command(name, help, args, handler)
+        return handler
+
+    return register
+
+
+def run(station: Any, name: str, args: dict[str, Any]) -> Any:
+    """Run one command; raises CommandError for anything the caller did wrong."""
+    cmd = COMMANDS.get(name)
+    if cmd is None:
+        raise CommandError(
+            ErrorCode.UNKNOWN_COMMAND,
+            f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}",
+        )
+    check_args(cmd, args)
+    return cmd.handler(station, args)
+
+
+def dispatch(station: Station, request: Message) -> Message:
+    name = request.body["command"]
+    args = request.body.get("args") or {}
+    try:
+        return reply_ok(request.id, run(station, name, args))
+    except CommandError as error:
+        return reply_error(request.id, error.code, str(error))
+    except Exception as error:
+        log.exception("control command %r failed", name)
+        return reply_error(
+            request.id, ErrorCode.INTERNAL, f"{name} failed: {type(error).__name__}: {error}"
+        )
+
+
+def check_args(cmd: Command, args: dict[str, Any]) -> None:
+    unknown = sorted(set(args) - set(cmd.args))
+    if unknown:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{cmd.name}: unknown argument '{unknown[0]}' "
+            f"(accepted: {', '.join(cmd.args) or 'none'})",
+        )
+    for arg, (types, required) in cmd.args.items():
+        if arg not in args or args[arg] is None:
+            if required:
+                raise CommandError(
+                    ErrorCode.BAD_ARGUMENTS, f"{cmd.name}: argument '{arg}' is required"
+                )
+            continue
+        value = args[arg]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            wanted = " or ".join(t.__name__ for t in types)
+            raise CommandError(
+                ErrorCode.BAD_ARGUMENTS,
+                f"{cmd.name}: argument '{arg}' must be {wanted}, not {type(value).__name__}",
+            )
+
+
+STR = ((str,), True)
+OPT_STR = ((str,), False)
+OPT_INT = ((int,), False)
+OPT_BOOL = ((bool,), False)
+OPT_NUM = ((int, float), False)
+
+
+def _worker(station: Station, name: str) -> WorkerProcess:
+    worker = station.workers.get(name)
+    if worker is None:
+        raise CommandError(
+            ErrorCode.NOT_FOUND, f"no worker named {name!r}; workers: {', '.join(station.workers)}"
+        )
+    return worker
+
+
+# -- the service --------------------------------------------------------------------------
+
+
+@command("ping", "Answer at once; proves the station's loop is alive.")
+def ping(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    return {"pong": True, "instance": station.paths.instance, "time": time.time()}
+
+
+@command("get_status", "Service state, server link, queue counts and every worker.")
+def get_status(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    return station.status()
+
+
+@command("get_snapshot", "Status plus the event sequence number it matches (to resync events).")
+def get_snapshot(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    return {"seq": station.seq, "epoch": station.epoch, "status": station.status()}
+
+
+@command("get_config", "The running configuration, secrets masked.")
+def get_config(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    return config_to_dict(station.config)
+
+
+@command("stop", "Stop the station gracefully (the reply comes first).")
+def stop(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    station._stop_requested = True
+    return {"stopping": True}
+
+
+@command("restart", "Restart every worker gracefully, one kind at a time.")
+def restart(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    for worker in station.workers.values():
+        station.restart_worker(worker)
+    return {"restarting": list(station.workers)}
+
+
+@command("reload", "Re-read the config file; restart only the workers it affects.")
+def reload(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return station.reload()
+    except ConfigError as error:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS, f"config refused, the running one stays: {error}"
+        ) from None
+
+
+# -- workers ------------------------------------------------------------------------------
+
+
+@command("list_workers", "Every worker with its kind, pid, state, restarts and current jobs.")
+def list_workers(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
+    now = time.monotonic()
+    return [w.status(now) for w in station.workers.values()]
+
+
+@command("restart_worker", "Restart one worker gracefully.", name=STR)
+def restart_worker(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    worker = _worker(station, args["name"])
+    station.restart_worker(worker)
+    return {"name": worker.name, "state": str(worker.state)}
+
+
+@command("stop_worker", "Stop one worker; it stays stopped until start_worker.", name=STR)
+def stop_worker(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    worker = _worker(station, args["name"])
+    station.stop_worker(worker, "stopped by command")
+    return {"name": worker.name, "state": str(worker.state)}
+
+
+@command("start_worker", "Start a stopped worker (also ends a crash-loop backoff).", name=STR)
+def start_worker(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    worker = _worker(station, args["name"])
+    station.start_worker(worker)
+    return {"name": worker.name, "state": str(worker.state)}
+
+
+# -- the queue ----------------------------------------------------------------------------
+
+
+def _report_summary(report: Any, *, with_payload: bool = False) -> dict[str, Any]:
+    summary = {
+        "id": report.id,
+        "state": str(report.state),
+        "attempts": report.attempts,
+        "next_attempt_at": report.next_attempt_at,
+        "last_error": report.last_error,
+        "last_http_status": report.last_http_status,
+        "created_at": report.created_at,
+        "updated_at": report.updated_at,
+    }
+    if with_payload:
+        summary["report"] = json.loads(report.payload)
+    return summary
+
+
+@command("get_queue_stats", "How many reports are in each state.")
+def get_queue_stats(station: Station, args: dict[str, Any]) -> dict[str, int]:
+    return station.queue.stats()
+
+
+@command(
+    "list_reports", "Queued reports, oldest first.", state=OPT_STR, limit=OPT_INT, offset=OPT_INT
+)
+def list_reports(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
+    state = args.get("state")
+    if state is not None and state not in set(ReportState):
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"list_reports: no state {state!r}; states: {', '.join(ReportState)}",
+        )
+    reports = station.queue.list(
+        ReportState(state) if state else None, args.get("limit") or 100, args.get("offset") or 0
+    )
+    return [_report_summary(r) for r in reports]
+
+
+@command("get_report", "One report with its WSJF content.", id=STR)
+def get_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    report = station.queue.get(args["id"])
+    if report is None:
+        raise CommandError(ErrorCode.NOT_FOUND, f"no report with id {args['id']!r} in the queue")
+    return _report_summary(report, with_payload=True)
+
+
+@command(
+    "retry_reports",
+    "Queue reports for upload again now (by id, or every failed one).",
+    ids=((list,), False),
+    failed=OPT_BOOL,
+)
+def retry_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
+    ids = [str(i) for i in args.get("ids") or ()]
+    if not ids and not args.get("failed"):
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, "retry_reports: give 'ids' or failed=true")
+    return {"retried": station.queue.retry(ids, failed=bool(args.get("failed")))}
+
+
+@command(
+    "clean_reports",
+    "Delete completed (and, if asked, failed) reports.",
+    completed=OPT_BOOL,
+    failed=OPT_BOOL,
+    older_than_s=OPT_NUM,
+)
+def clean_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
+    removed = station.queue.clean(
+        completed=args.get("completed", True) is not False,
+        failed=bool(args.get("failed")),
+        older_than_s=args.get("older_than_s"),
+    )
+    return {"removed": removed}
+
+
+@command(
+    "submit_report",
+    "Queue one WSJF report; the reply comes after it is durably committed.",
+    report=((dict, str, bytes), True),
+)
+def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    report = args["report"]
+    if isinstance(report, (str, bytes)):
+        try:
+            report = json.loads(report)
+        except ValueError as error:
+            raise CommandError(
+                ErrorCode.INVALID_REPORT, f"report is not valid JSON: {error}"
+            ) from None
+    try:
+        validate_report(report)
+    except InvalidReport as error:
+        raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
+    payload = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
+    station.queue.enqueue([(report["id"], payload)])
+    station.uploads.wake()
+    station.publish("report.queued", {"id": report["id"], "source": "submit_report"})
+    return {"id": report["id"], "state": str(ReportState.PENDING)}
+
+
+@command("list_converters", "Every configured converter with its folders and file counts.")
+def list_converters(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
+    return station.conversions.describe()

@@ -1,0 +1,607 @@
+"""The station: one single-threaded loop that owns the workers, the sockets and the queue.
+
+Each pass of the loop: wait on every socket, pidfd and pipe (with a timeout that is the
+next timer), then handle signals, worker exits, worker messages and control requests, then
+``tick``: heartbeats, restarts, stop escalation, job dispatch, systemd pings. Nothing in the
+loop blocks for long, so one worker's crash loop never slows the control socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+import zmq
+from setproctitle import setproctitle
+
+from ipc.endpoints import InstancePaths, prepare_runtime_dir
+from ipc.protocol import (
+    ErrorCode,
+    JobKind,
+    Message,
+    MsgType,
+    ProtocolError,
+    decode,
+    encode,
+    reply_error,
+)
+from ipc.sockets import new_socket, send
+from ipc.states import ServiceState, WorkerState
+from supervisor import control
+from supervisor.config import Config, ConfigError, load_config
+from supervisor.conversions import Conversions
+from supervisor.lock import InstanceLock
+from supervisor.notify import Notifier
+from supervisor.process import Job, WorkerProcess, worker_command
+from supervisor.queue import ReportQueue
+from supervisor.uploads import Uploads
+from workers.crashpoints import crash_point
+
+log = logging.getLogger("wats-station")
+
+# Workers stop in this order, so nothing is handed to a worker that is already gone: the
+# watcher first (no new files), the converters next, the uploader last.
+STOP_ORDER = ("watcher", "converter", "uploader")
+
+
+class StartupError(Exception):
+    """The station cannot start; the message says why and what to do."""
+
+
+class Station:
+    def __init__(self, paths: InstancePaths, config: Config) -> None:
+        self.paths = paths
+        self.config = config
+        self.state = ServiceState.STARTING
+        self.epoch = uuid.uuid4().hex[:12]
+        self.seq = 0
+        self.started_at = time.time()
+        self.dropped_messages = 0
+        self.max_message_bytes = int(config.supervisor.max_message_mb * 1024 * 1024)
+        self.workers: dict[str, WorkerProcess] = {}
+        self.by_identity: dict[bytes, WorkerProcess] = {}
+        self.notifier = Notifier()
+        self._ready_sent = False
+        self._last_status_line = ""
+        self._next_watchdog = 0.0
+        self._next_beat = 0.0
+        self._stop_requested = False
+        self._reload_requested = False
+        self._job_ids = 0
+        self._lock: InstanceLock | None = None
+        self._context: zmq.Context | None = None
+        self.queue: ReportQueue | None = None
+
+    # -- start-up ---------------------------------------------------------------------
+
+    def open(self) -> None:
+        prepare_runtime_dir(self.paths.runtime_dir)
+        self._lock = InstanceLock.acquire(self.paths.lock_file, self.paths.instance)
+        self.paths.data_dir.mkdir(parents=True, exist_ok=True)
+        self.queue = ReportQueue(self.paths.queue_db)
+        recovered = self.queue.recover()
+        if recovered:
+            log.info(
+                "%d report(s) were being uploaded when the station stopped; queued again", recovered
+            )
+        self.uploads = Uploads(self)
+        self.conversions = Conversions(self)
+        self._context = zmq.Context()
+        self._context.setsockopt(zmq.LINGER, 0)
+        self.worker_socket = new_socket(self._context, zmq.ROUTER, self.max_message_bytes)
+        self.worker_socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.worker_socket.bind(self.paths.workers_endpoint)
+        self.control_socket = new_socket(self._context, zmq.ROUTER, self.max_message_bytes)
+        self.control_socket.bind(self.paths.control_endpoint)
+        self.event_socket = new_socket(self._context, zmq.PUB)
+        self.event_socket.setsockopt(zmq.SNDHWM, 100_000)
+        self.event_socket.bind(self.paths.events_endpoint)
+        self._signal_r, self._signal_w = socket.socketpair()
+        self._signal_r.setblocking(False)
+        self._signal_w.setblocking(False)
+        signal.set_wakeup_fd(self._signal_w.fileno(), warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, lambda *_: None)  # the wakeup fd carries the number to the loop
+        self._build_workers(self.config)
+        self.set_title("running")
+
+    def _build_workers(self, config: Config) -> None:
+        wanted = {"watcher": "watcher", "uploader": "uploader"}
+        for index in range(1, config.supervisor.converter_workers + 1):
+            wanted[f"converter-{index}"] = "converter"
+        for name, kind in wanted.items():
+            if name not in self.workers:
+                worker = WorkerProcess(name, kind, config.supervisor, self._worker_changed)
+                worker.capacity = self._capacity(kind, config)
+                worker.next_start_at = 0.0
+                self.workers[name] = worker
+        for name in set(self.workers) - set(wanted):
+            self.workers[name].request_stop(time.monotonic(), "no longer configured")
+
+    @staticmethod
+    def _capacity(kind: str, config: Config) -> int:
+        return {"uploader": config.upload.max_concurrency, "converter": 1}.get(kind, 0)
+
+    def set_title(self, doing: str) -> None:
+        setproctitle(f"wats-station[{self.paths.instance}]: supervisor {doing}")
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def run(self) -> int:
+        poller = zmq.Poller()
+        poller.register(self.worker_socket, zmq.POLLIN)
+        poller.register(self.control_socket, zmq.POLLIN)
+        poller.register(self._signal_r.fileno(), zmq.POLLIN)
+        self.publish("service.state", {"state": str(self.state)})
+        registered: set[int] = set()
+        while True:
+            now = time.monotonic()
+            self.tick(now)
+            if self.state is ServiceState.STOPPING and not any(
+                w.alive for w in self.workers.values()
+            ):
+                return 0
+            registered = self._sync_poller(poller, registered)
+            timeout = self._poll_timeout(now)
+            for item, _ in poller.poll(timeout * 1000):
+                if item is self.control_socket:
+                    self._serve_control()
+                elif item is self.worker_socket:
+                    self._serve_workers()
+                elif item == self._signal_r.fileno():
+                    self._read_signals()
+                else:
+                    self._serve_fd(item)
+
+    def _sync_poller(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
+        fds = set()
+        for worker in self.workers.values():
+            fds.update(fd for fd in (worker.pidfd, worker.output_fd) if fd is not None)
+        for fd in registered - fds:
+            poller.unregister(fd)
+        for fd in fds - registered:
+            poller.register(fd, zmq.POLLIN)
+        return fds
+
+    def _poll_timeout(self, now: float) -> float:
+        deadlines = [self._next_beat]
+        if self.notifier.watchdog_interval_s:
+            deadlines.append(self._next_watchdog)
+        for worker in self.workers.values():
+            deadlines += [
+                d for d in (worker.next_start_at, worker.stop_deadline, worker.kill_deadline) if d
+            ]
+            deadlines += [job.deadline for job in worker.jobs.values() if job.deadline]
+        deadlines.append(self.uploads.next_wake(now))
+        return min(max(0.0, min(deadlines) - now), self.config.supervisor.heartbeat_interval_s)
+
+    def _serve_fd(self, fd: int) -> None:
+        now = time.monotonic()
+        for worker in self.workers.values():
+            if fd == worker.output_fd:
+                worker.read_output(self._log_worker_line)
+            elif fd == worker.pidfd:
+                self._worker_exited(worker, now)
+
+    def _log_worker_line(self, worker: WorkerProcess, line: str) -> None:
+        log.info("%s[%s]: %s", worker.name, worker.popen.pid if worker.popen else "?", line)
+
+    def _read_signals(self) -> None:
+        try:
+            data = self._signal_r.recv(64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                self.request_stop()
+            elif signum == signal.SIGHUP:
+                log.info("received SIGHUP: reloading the configuration")
+                self.reload()
+
+    # -- the tick ---------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        for worker in self.workers.values():
+            self._check_worker(worker, now)
+        if self.state is ServiceState.STOPPING:
+            self._advance_stop(now)
+        else:
+            self.conversions.tick(now)
+            self.uploads.tick(now)
+        if now >= self._next_beat:
+            self._send_heartbeats()
+            self._next_beat = now + self.config.supervisor.heartbeat_interval_s
+        self._notify_systemd(now)
+
+    def _check_worker(self, worker: WorkerProcess, now: float) -> None:
+        settings = self.config.supervisor
+        if (
+            worker.state is WorkerState.STARTING
+            and now - worker.spawned_at > settings.start_timeout_s
+        ):
+            worker.kill(f"did not say hello within {settings.start_timeout_s:g} s")
+        elif (
+            worker.state is WorkerState.RUNNING
+            and now - worker.last_seen > settings.heartbeat_timeout_s
+        ):
+            worker.kill(f"no heartbeat for {now - worker.last_seen:.1f} s (frozen?)")
+        worker.escalate_stop(now)
+        for job in list(worker.jobs.values()):
+            if (
+                job.deadline is not None
+                and now > job.deadline
+                and worker.alive
+                and not worker.kill_reason
+            ):
+                worker.kill(
+                    f"{job.kind} job passed its deadline of {job.deadline - job.started:g} s"
+                )
+        if worker.start_due(now) and self.state is not ServiceState.STOPPING:
+            if worker.exit_reason:
+                worker.restarts += 1
+            worker.spawn(self._command(worker), now)
+
+    def _command(self, worker: WorkerProcess) -> list[str]:
+        return worker_command(
+            worker.kind,
+            worker.name,
+            self.paths.instance,
+            self.paths.workers_endpoint,
+            self.config.supervisor,
+            self.max_message_bytes,
+        )
+
+    def _send_heartbeats(self) -> None:
+        for worker in self.workers.values():
+            if worker.identity is not None:
+                self._send_to(worker, Message(MsgType.HEARTBEAT, {}))
+
+    def _notify_systemd(self, now: float) -> None:
+        if not self._ready_sent and self._all_workers_tried():
+            self._ready_sent = True
+            self.state = ServiceState.RUNNING
+            self.publish("service.state", {"state": str(self.state)})
+            self.notifier.send(READY=1, STATUS=self.status_line())
+            log.info("station '%s' is ready: %s", self.paths.instance, self.status_line())
+        if self._ready_sent and self.notifier.watchdog_interval_s and now >= self._next_watchdog:
+            # From the loop itself: a hung loop stops the pings and systemd restarts us.
+            self.notifier.send(WATCHDOG=1)
+            self._next_watchdog = now + self.notifier.watchdog_interval_s
+        line = self.status_line()
+        if line != self._last_status_line and self._ready_sent:
+            self._last_status_line = line
+            self.notifier.send(STATUS=line)
+
+    def _all_workers_tried(self) -> bool:
+        return all(
+            w.state is WorkerState.RUNNING or w.exit_reason or not w.wanted
+            for w in self.workers.values()
+        )
+
+    def status_line(self) -> str:
+        running = sum(w.state is WorkerState.RUNNING for w in self.workers.values())
+        counts = self.queue.stats() if self.queue else {}
+        return (
+            f"{running}/{len(self.workers)} workers running; server {self.uploads.server_state}; "
+            f"queue {counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed"
+        )
+
+    # -- workers ----------------------------------------------------------------------
+
+    def _worker_changed(self, worker: WorkerProcess, old: WorkerState, reason: str) -> None:
+        level = (
+            logging.WARNING
+            if worker.state in (WorkerState.BACKOFF, WorkerState.CRASH_LOOPING)
+            else logging.INFO
+        )
+        log.log(level, "%s: %s -> %s (%s)", worker.name, old, worker.state, reason)
+        self.publish(
+            f"worker.{worker.name}",
+            {
+                "name": worker.name,
+                "kind": worker.kind,
+                "state": str(worker.state),
+                "from": str(old),
+                "reason": reason,
+                "pid": worker.pid,
+                "restarts": worker.restarts,
+            },
+        )
+
+    def _worker_exited(self, worker: WorkerProcess, now: float) -> None:
+        if worker.output_fd is not None:
+            worker.read_output(self._log_worker_line)
+        identity = worker.identity
+        lost = list(worker.jobs.values())
+        worker.jobs.clear()
+        reason = worker.reap(now)
+        if identity is not None:
+            self.by_identity.pop(identity, None)
+        for job in lost:
+            self._job_lost(worker, job, reason)
+
+    def _job_lost(self, worker: WorkerProcess, job: Job, reason: str) -> None:
+        tail = "\n".join(worker.output_tail)
+        if job.kind == JobKind.CONVERT:
+            self.conversions.job_lost(job, reason, tail)
+        else:
+            self.uploads.job_lost(job, reason)
+
+    def _serve_workers(self) -> None:
+        now = time.monotonic()
+        while self.worker_socket.poll(0):
+            frames = self.worker_socket.recv_multipart()
+            identity, payload = frames[0], frames[-1]
+            try:
+                message = decode(payload, self.max_message_bytes)
+            except ProtocolError as error:
+                self.dropped_messages += 1
+                log.warning("dropped a bad message from worker %r: %s", identity, error)
+                continue
+            if message.type is MsgType.HELLO:
+                self._hello(identity, message.body, now)
+                continue
+            worker = self.by_identity.get(identity)
+            if worker is None:
+                self.dropped_messages += 1  # from an incarnation we have already buried
+                continue
+            worker.last_seen = now
+            if message.type is MsgType.JOB_DONE:
+                self._job_done(worker, message.body)
+            elif message.type is MsgType.FILE_READY:
+                self.conversions.file_ready(message.body)
+            elif message.type is MsgType.FILE_REJECTED:
+                self.conversions.file_rejected(message.body)
+
+    def _hello(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+        worker = self.workers.get(body["name"])
+        if worker is None or worker.pid != body["pid"]:
+            self.dropped_messages += 1
+            log.warning("ignored hello from unknown worker %s (pid %s)", body["name"], body["pid"])
+            return
+        self.by_identity[identity] = worker
+        worker.hello(identity, now)
+        self._send_to(
+            worker, Message(MsgType.WELCOME, {"settings": self.worker_settings(worker.kind)})
+        )
+        if worker.state is WorkerState.STOPPING:
+            self._send_to(worker, Message(MsgType.SHUTDOWN))
+
+    def worker_settings(self, kind: str) -> dict[str, Any]:
+        config = self.config
+        if kind == "uploader":
+            return {"server": asdict(config.server), "upload": asdict(config.upload)}
+        if kind == "watcher":
+            return {
+                "watch": asdict(config.watch),
+                "converters": [asdict(c) for c in config.converters if c.enabled],
+            }
+        if kind == "converter":
+            return {
+                "converters": [asdict(c) for c in config.converters],
+                "converters_folder": config.converters_folder,
+                "station": asdict(config.station),
+            }
+        return {}
+
+    def _send_to(self, worker: WorkerProcess, message: Message) -> bool:
+        if worker.identity is None:
+            return False
+        try:
+            send(self.worker_socket, message, [worker.identity])
+        except zmq.ZMQError as error:  # EHOSTUNREACH: it is gone; its pidfd will tell us soon
+            log.debug("could not send to %s: %s", worker.name, error)
+            return False
+        return True
+
+    def idle_workers(self, kind: str) -> list[WorkerProcess]:
+        return [w for w in self.workers.values() if w.kind == kind and w.idle_slots > 0]
+
+    def dispatch(
+        self, worker: WorkerProcess, kind: JobKind, data: dict[str, Any], deadline_s: float | None
+    ) -> Job | None:
+        self._job_ids += 1
+        now = time.monotonic()
+        job = Job(
+            f"{self.epoch}-{self._job_ids}",
+            str(kind),
+            data,
+            now,
+            now + deadline_s if deadline_s else None,
+        )
+        if not self._send_to(
+            worker, Message(MsgType.JOB, {"job_id": job.job_id, "kind": job.kind, "data": data})
+        ):
+            return None
+        worker.jobs[job.job_id] = job
+        return job
+
+    def _job_done(self, worker: WorkerProcess, body: dict[str, Any]) -> None:
+        job = worker.jobs.pop(body["job_id"], None)
+        if job is None:
+            return
+        if job.kind == JobKind.CONVERT:
+            self.conversions.job_done(job, body)
+        else:
+            self.uploads.job_done(job, body)
+
+    # -- operator actions -------------------------------------------------------------
+
+    def stop_worker(self, worker: WorkerProcess, reason: str) -> None:
+        now = time.monotonic()
+        if worker.request_stop(now, reason):
+            self._send_to(worker, Message(MsgType.SHUTDOWN))
+        elif worker.alive and worker.identity is None and worker.kill_deadline is None:
+            # Still starting: it cannot hear a SHUTDOWN yet, so SIGTERM pre-empts the start.
+            worker.signal_group(signal.SIGTERM)
+            worker.kill_deadline = now + self.config.supervisor.kill_timeout_s
+
+    def start_worker(self, worker: WorkerProcess) -> None:
+        worker.want_start(time.monotonic())
+
+    def restart_worker(self, worker: WorkerProcess) -> None:
+        if worker.alive:
+            self.stop_worker(worker, "restart requested")
+            worker.restart_when_stopped = True
+        else:
+            worker.want_start(time.monotonic())
+
+    def request_stop(self) -> None:
+        if self.state is ServiceState.STOPPING:
+            return  # idempotent
+        self.state = ServiceState.STOPPING
+        self.set_title("stopping")
+        self.notifier.send(STOPPING=1, STATUS="stopping")
+        self.publish("service.state", {"state": str(self.state)})
+        for worker in self.workers.values():
+            worker.wanted = worker.restart_when_stopped = False
+            worker.next_start_at = None  # pre-empts any start that was due
+            if not worker.alive:
+                worker.change_state(WorkerState.STOPPED, "station stopping")
+
+    def _advance_stop(self, now: float) -> None:
+        for kind in STOP_ORDER:
+            group = [w for w in self.workers.values() if w.kind == kind and w.alive]
+            if group:
+                for worker in group:
+                    if worker.state is not WorkerState.STOPPING:
+                        self.stop_worker(worker, "station stopping")
+                return
+
+    def reload(self) -> dict[str, Any]:
+        """Apply a changed config; one that does not validate is refused, the old one stays."""
+        try:
+            new = load_config(self.paths)
+        except ConfigError as error:
+            log.error("reload refused, keeping the running configuration: %s", error)
+            raise
+        old, self.config = self.config, new
+        changed = [
+            kind
+            for kind in ("watcher", "converter", "uploader")
+            if self._settings_changed(old, new, kind)
+        ]
+        if old.supervisor != new.supervisor:
+            for worker in self.workers.values():
+                worker.settings = new.supervisor
+        self._build_workers(new)
+        for worker in self.workers.values():
+            worker.capacity = self._capacity(worker.kind, new)
+            if worker.kind in changed and worker.wanted:
+                self.restart_worker(worker)
+        self.uploads.config_changed()
+        log.info("configuration reloaded; restarted: %s", ", ".join(changed) or "nothing")
+        self.publish("service.reloaded", {"restarted": changed})
+        return {"restarted": changed}
+
+    def _settings_changed(self, old: Config, new: Config, kind: str) -> bool:
+        current = self.config
+        self.config = old
+        before = self.worker_settings(kind)
+        self.config = new
+        after = self.worker_settings(kind)
+        self.config = current
+        return before != after
+
+    # -- control and events -----------------------------------------------------------
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None:
+        self.seq += 1
+        body = {
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "topic": topic,
+            "time": time.time(),
+            "data": data,
+        }
+        try:
+            self.event_socket.send_multipart(
+                [topic.encode(), encode(Message(MsgType.EVENT, body))], zmq.NOBLOCK
+            )
+        except zmq.ZMQError:
+            pass  # no subscriber keeps up: they resync from the sequence gap
+
+    def _serve_control(self) -> None:
+        while self.control_socket.poll(0):
+            frames = self.control_socket.recv_multipart()
+            envelope, payload = frames[:-1], frames[-1]
+            if len(frames) < 2:
+                self.dropped_messages += 1
+                continue
+            try:
+                message = decode(payload, self.max_message_bytes)
+                if message.type is not MsgType.REQUEST:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_TYPE,
+                        f"expected a request, got {message.type}",
+                        message.id,
+                    )
+            except ProtocolError as error:
+                self.dropped_messages += 1
+                send(
+                    self.control_socket,
+                    reply_error(error.request_id, error.code, str(error)),
+                    envelope,
+                )
+                continue
+            reply = control.dispatch(self, message)
+            send(self.control_socket, reply, envelope)
+            if self._stop_requested:
+                self._stop_requested = False
+                self.request_stop()
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "instance": self.paths.instance,
+            "state": str(self.state),
+            "pid": os.getpid(),
+            "started": self.started_at,
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "server": {
+                "url": self.config.server.url,
+                "state": str(self.uploads.server_state),
+                "detail": self.uploads.server_detail,
+            },
+            "queue": self.queue.stats() if self.queue else {},
+            "files": self.conversions.stats(),
+            "workers": [w.status(now) for w in self.workers.values()],
+            "dropped_messages": self.dropped_messages,
+        }
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        for worker in self.workers.values():
+            worker.kill("station closing")
+            if worker.popen is not None and worker.popen.returncode is None:
+                worker.popen.wait()
+        if self._context is not None:
+            self._context.destroy(linger=0)
+        if self.queue is not None:
+            self.queue.close()
+        self.notifier.close()
+        if self._lock is not None:
+            self._lock.release()
+
+
+def run_service(paths: InstancePaths) -> int:
+    try:
+        config = load_config(paths)
+    except ConfigError as error:
+        raise StartupError(f"configuration error: {error}") from None
+    station = Station(paths, config)
+    try:
+        station.open()
+        crash_point("service-started")
+        return station.run()
+    finally:
+        station.close()

@@ -1,0 +1,1 @@
+"""Restartable worker processes (watcher, converter, uploader): ``python -m workers.<kind>``."""

@@ -1,0 +1,386 @@
+"""Watch the converters' input folders and report each file once it is completely written.
+
+Events from watchdog are only hints: a file is reported when a stat shows its size and mtime
+unchanged for the debounce time, and a periodic rescan catches whatever the events missed
+(overflowed queues, network shares, a folder replaced under the watch). One checker thread
+owns all the bookkeeping; it sleeps until the next stability check or rescan is due.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+log = logging.getLogger(__name__)
+
+TEMPORARY_NAME_PATTERNS = (
+    "*.tmp",
+    "*.temp",
+    "*.part",
+    "*.partial",
+    "*.crdownload",
+    "~*",
+    "*~",
+    "*.swp",
+)
+HINT_EVENTS = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileClosedEvent,
+    FileDeletedEvent,
+]
+JOIN_TIMEOUT_S = 5.0
+INOTIFY_LIMIT_HINT = (
+    "raise the limits, e.g. `sudo sysctl fs.inotify.max_user_watches=524288 "
+    "fs.inotify.max_user_instances=512` (persist them in /etc/sysctl.d/)"
+)
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """One converter's input folder and the file names it takes."""
+
+    converter: str
+    folder: Path
+    patterns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReadyFile:
+    """A file whose size and mtime held still for the debounce time."""
+
+    converter: str
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class _Candidate:
+    """What we last saw of one file, and when."""
+
+    converter: str
+    size: int
+    mtime_ns: int
+    stable_since: float
+    rejection: str | None = None
+    reported_at: float | None = None
+
+    @property
+    def signature(self) -> tuple[int, int]:
+        return (self.size, self.mtime_ns)
+
+
+class _HintHandler(FileSystemEventHandler):
+    def __init__(self, hint: Callable[[str], None]) -> None:
+        self._hint = hint
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.is_directory:
+            return
+        self._hint(os.fsdecode(event.src_path))
+        if event.dest_path:
+            self._hint(os.fsdecode(event.dest_path))
+
+
+def _compile_patterns(patterns: Sequence[str], flags: int = 0) -> re.Pattern[str]:
+    # One regex per pattern list: a rescan tests every name in the folder.
+    return re.compile("|".join(fnmatch.translate(pattern) for pattern in patterns), flags)
+
+
+_TEMPORARY_NAME = _compile_patterns(TEMPORARY_NAME_PATTERNS, re.IGNORECASE)
+# Spec patterns fold case only where the file system does, as fnmatch.fnmatch would.
+_PATTERN_FLAGS = re.IGNORECASE if os.name == "nt" else 0
+
+
+def is_ignored_name(name: str) -> bool:
+    """Hidden and temporary names: writers use them for files that are not finished yet."""
+    return name.startswith(".") or _TEMPORARY_NAME.match(name) is not None
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
+
+
+def _symlink_rejection(path: Path) -> str:
+    target = Path(os.path.realpath(path))
+    folder = Path(os.path.realpath(path.parent))
+    if target.is_relative_to(folder):
+        return f"symlink to {target}: symlinks are not followed"
+    return f"symlink to {target}, outside the watch folder {folder}: symlinks are not followed"
+
+
+class FolderWatcher:
+    def __init__(
+        self,
+        specs: Sequence[WatchSpec],
+        on_ready: Callable[[ReadyFile], None],
+        *,
+        on_rejected: Callable[[Path, str], None] | None = None,
+        debounce_s: float = 1.0,
+        rescan_interval_s: float = 10.0,
+        polling: bool = False,
+        rereport_after_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._folders: dict[Path, list[tuple[WatchSpec, re.Pattern[str]]]] = {}
+        for spec in specs:
+            if not spec.patterns:
+                raise ValueError(
+                    f"watch spec for converter {spec.converter!r} ({spec.folder}) has no file "
+                    "name patterns, so it would take no files"
+                )
+            matcher = _compile_patterns(spec.patterns, _PATTERN_FLAGS)
+            self._folders.setdefault(Path(os.path.abspath(spec.folder)), []).append((spec, matcher))
+        self._on_ready = on_ready
+        self._on_rejected = on_rejected
+        self._debounce_s = debounce_s
+        self._rescan_interval_s = rescan_interval_s
+        self._polling = polling
+        self._rereport_after_s = rereport_after_s
+        self._clock = clock
+
+        # Reentrant because _warn is called both with and without the lock held.
+        self._lock = threading.RLock()
+        self._tracked: dict[Path, _Candidate] = {}
+        self._hints: set[Path] = set()
+        self._warnings: list[str] = []
+        self._unavailable_folders: set[Path] = set()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._observers: list[BaseObserver] = []
+        self._checker: threading.Thread | None = None
+
+    @property
+    def warnings(self) -> list[str]:
+        with self._lock:
+            return list(self._warnings)
+
+    def start(self) -> None:
+        """Scan the folders (files already there are reported oldest first), then follow events."""
+        if self._checker is not None or self._stopping.is_set():
+            raise RuntimeError("a FolderWatcher starts only once; create a new one instead")
+        for folder in self._folders:
+            self._create_folder(folder)
+        self._start_observers()
+        self._checker = threading.Thread(target=self._run, name="folder-watch-checker", daemon=True)
+        self._checker.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        observers, self._observers = self._observers, []
+        for observer in observers:
+            observer.stop()
+        for observer in observers:
+            observer.join(JOIN_TIMEOUT_S)
+        if self._checker is not None:
+            self._checker.join(JOIN_TIMEOUT_S)
+            if self._checker.is_alive():
+                log.warning("folder watcher thread did not stop within %.0f s", JOIN_TIMEOUT_S)
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._tracked.pop(Path(os.path.abspath(path)), None)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        with self._lock:
+            self._warnings.append(message)
+
+    def _create_folder(self, folder: Path) -> None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            converters = ", ".join(spec.converter for spec, _ in self._folders[folder])
+            self._warn(
+                f"watch folder {folder} (converter {converters}) does not exist and cannot be "
+                f"created: {exc}; its files are not seen until it appears"
+            )
+            self._unavailable_folders.add(folder)
+
+    def _start_observers(self) -> None:
+        handler = _HintHandler(self._hint)
+        folders = [folder for folder in self._folders if folder not in self._unavailable_folders]
+        native = None if self._polling else self._start_native_observer(len(folders))
+        polling: BaseObserver | None = None
+        for folder in folders:
+            if native is not None:
+                try:
+                    native.schedule(handler, str(folder), event_filter=HINT_EVENTS)
+                    continue
+                except OSError as exc:
+                    self._warn(
+                        f"cannot watch {folder} with {type(native).__name__} ({exc}); "
+                        f"polling it instead{self._limit_hint(exc)}"
+                    )
+            if polling is None:
+                polling = PollingObserver()
+                polling.start()
+                self._observers.append(polling)
+            try:
+                polling.schedule(handler, str(folder), event_filter=HINT_EVENTS)
+            except OSError as exc:
+                self._warn(f"cannot poll {folder} ({exc}); only the periodic rescan covers it")
+
+    def _start_native_observer(self, folder_count: int) -> BaseObserver | None:
+        try:
+            observer = Observer()
+            observer.start()
+        except OSError as exc:
+            self._warn(
+                f"cannot start the file system event observer ({exc}); polling all "
+                f"{folder_count} watch folders instead{self._limit_hint(exc)}"
+            )
+            return None
+        self._observers.append(observer)
+        return observer
+
+    @staticmethod
+    def _limit_hint(exc: OSError) -> str:
+        if exc.errno in (errno.ENOSPC, errno.EMFILE):
+            return f"; the inotify limits were hit: {INOTIFY_LIMIT_HINT}"
+        return ""
+
+    # -- hints from the observer threads -----------------------------------------------------
+
+    def _spec_for(self, path: Path) -> WatchSpec | None:
+        return self._spec_for_name(path.parent, path.name)
+
+    def _spec_for_name(self, folder: Path, name: str) -> WatchSpec | None:
+        specs = self._folders.get(folder)
+        if specs is None or is_ignored_name(name):
+            return None
+        return next((spec for spec, matcher in specs if matcher.match(name)), None)
+
+    def _hint(self, raw_path: str) -> None:
+        path = Path(raw_path)
+        if self._spec_for(path) is None:
+            return
+        with self._lock:
+            self._hints.add(path)
+        self._wake.set()
+
+    # -- the checker thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_rescan = self._clock()
+        while not self._stopping.is_set():
+            now = self._clock()
+            with self._lock:
+                if now >= next_rescan:
+                    self._rescan(now)
+                    next_rescan = now + self._rescan_interval_s
+                self._apply_hints(now)
+                batch = self._collect_due(now)
+                next_wake = min([next_rescan, *map(self._due_at, self._tracked.values())])
+            self._emit(batch)
+            self._wake.wait(max(0.0, next_wake - self._clock()))
+            self._wake.clear()
+
+    def _rescan(self, now: float) -> None:
+        present: set[Path] = set()
+        for folder in self._folders:
+            try:
+                with os.scandir(folder) as entries:
+                    names = [entry.name for entry in entries]
+            except OSError as exc:
+                if folder not in self._unavailable_folders:
+                    self._unavailable_folders.add(folder)
+                    self._warn(f"cannot list watch folder {folder} ({exc}); retrying every rescan")
+                continue
+            self._unavailable_folders.discard(folder)
+            for name in names:
+                spec = self._spec_for_name(folder, name)
+                if spec is not None:
+                    path = folder / name
+                    present.add(path)
+                    self._update(path, spec, _lstat(path), now)
+        for path in self._tracked.keys() - present:
+            # An unlistable folder tells us nothing about its files: keep them.
+            if path.parent not in self._unavailable_folders:
+                del self._tracked[path]
+
+    def _apply_hints(self, now: float) -> None:
+        hints, self._hints = self._hints, set()
+        for path in hints:
+            spec = self._spec_for(path)
+            if spec is not None:
+                self._update(path, spec, _lstat(path), now)
+
+    def _update(
+        self, path: Path, spec: WatchSpec, st: os.stat_result | None, now: float
+    ) -> _Candidate | None:
+        """Record what a stat showed; a changed size or mtime starts the debounce again."""
+        if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            self._tracked.pop(path, None)
+            return None
+        candidate = self._tracked.get(path)
+        if candidate is None or candidate.signature != (st.st_size, st.st_mtime_ns):
+            rejection = _symlink_rejection(path) if stat.S_ISLNK(st.st_mode) else None
+            candidate = _Candidate(spec.converter, st.st_size, st.st_mtime_ns, now, rejection)
+            self._tracked[path] = candidate
+        return candidate
+
+    def _due_at(self, candidate: _Candidate) -> float:
+        if candidate.reported_at is not None:
+            return candidate.reported_at + self._rereport_after_s
+        if candidate.rejection is not None:
+            return candidate.stable_since
+        return candidate.stable_since + self._debounce_s
+
+    def _collect_due(self, now: float) -> list[tuple[Path, _Candidate]]:
+        due = [path for path, candidate in self._tracked.items() if self._due_at(candidate) <= now]
+        batch = []
+        for path in due:
+            spec = self._spec_for(path)
+            assert spec is not None  # only matching paths are ever tracked
+            # The stat at the end of the quiet period is what proves the file stable.
+            candidate = self._update(path, spec, _lstat(path), now)
+            if candidate is not None and self._due_at(candidate) <= now:
+                candidate.reported_at = now
+                batch.append((path, candidate))
+        batch.sort(key=lambda item: (item[1].mtime_ns, item[0]))
+        return batch
+
+    def _emit(self, batch: list[tuple[Path, _Candidate]]) -> None:
+        for path, candidate in batch:
+            if self._stopping.is_set():
+                return
+            try:
+                if candidate.rejection is None:
+                    self._on_ready(
+                        ReadyFile(candidate.converter, path, candidate.size, candidate.mtime_ns)
+                    )
+                elif self._on_rejected is not None:
+                    self._on_rejected(path, candidate.rejection)
+            except Exception:
+                log.exception("folder watcher callback failed for %s", path)

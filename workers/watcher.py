@@ -1,0 +1,70 @@
+"""The watcher worker: tells the supervisor about every completely written input file.
+
+The folder bookkeeping lives in ``workers.folder_watch``; this module only turns its
+callbacks into FILE_READY / FILE_REJECTED messages. Reporting a file twice is harmless (the
+supervisor recognises its fingerprint); reporting a half-written one is what the stability
+check prevents.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from ipc.protocol import Message, MsgType
+from workers.base import Worker, run_worker
+from workers.folder_watch import FolderWatcher, ReadyFile, WatchSpec
+
+log = logging.getLogger("wats-station")
+
+
+class WatcherWorker(Worker):
+    kind = "watcher"
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        watch = settings["watch"]
+        specs = [
+            WatchSpec(c["name"], Path(c["watch_folder"]), tuple(c["file_patterns"]))
+            for c in settings["converters"]
+        ]
+        self.capacity = 1
+        self.folders = FolderWatcher(
+            specs,
+            self._ready,
+            on_rejected=self._rejected,
+            debounce_s=watch["debounce_s"],
+            rescan_interval_s=watch["rescan_interval_s"],
+            polling=watch["polling"],
+        )
+        self._converter_of = {spec.folder: spec.converter for spec in specs}
+
+    def start(self) -> None:
+        self.folders.start()
+        for warning in self.folders.warnings:
+            log.warning("%s", warning)
+        self.set_title(f"watching {len(self._converter_of)} folder(s)")
+
+    def stop(self) -> None:
+        folders = getattr(self, "folders", None)
+        if folders is not None:
+            folders.stop()
+
+    def _ready(self, file: ReadyFile) -> None:
+        body = {
+            "converter": file.converter,
+            "path": os.fsencode(file.path),
+            "size": file.size,
+            "mtime_ns": file.mtime_ns,
+        }
+        self.post(Message(MsgType.FILE_READY, body))
+
+    def _rejected(self, path: Path, reason: str) -> None:
+        converter = self._converter_of.get(path.parent, "")
+        body = {"converter": converter, "path": os.fsencode(path), "reason": reason}
+        self.post(Message(MsgType.FILE_REJECTED, body))
+
+
+if __name__ == "__main__":
+    run_worker(WatcherWorker)
