@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wats-station")
 
 PURGE_INTERVAL_S = 3600.0
+RECHECK_S = 1.0
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -71,7 +72,7 @@ class Uploads:
     def next_wake(self, now: float) -> float:
         """When the loop must tick for us at the latest; answers from workers tick it anyway."""
         if not self.station.idle_workers("uploader"):
-            return now + 60.0
+            return now + RECHECK_S
         if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
             return self.next_probe_at
         return max(self._next_check, self.paused_until)
@@ -108,12 +109,11 @@ class Uploads:
                 }
                 if self.station.dispatch(worker, JobKind.UPLOAD, data, None) is None:
                     queue.release([report.id])
+        # Sleep until the next retry is due. New reports wake us at once; looking again at
+        # least every second also covers rows changed behind our back (queue retry, say).
         due_at = queue.next_due_at()
-        # With nothing due we sleep until the next retry is due; a new report wakes us.
-        wall_now = time.time()
-        self._next_check = (
-            now + min(60.0, max(0.0, due_at - wall_now)) if due_at is not None else now + 60.0
-        )
+        wait = RECHECK_S if due_at is None else min(RECHECK_S, max(0.0, due_at - time.time()))
+        self._next_check = now + wait
 
     def _probe_if_due(self, now: float) -> None:
         if self.probe_in_flight or now < self.next_probe_at:
@@ -129,6 +129,7 @@ class Uploads:
         if job.kind == JobKind.PROBE:
             self._probe_done(body)
             return
+        self.wake()  # a slot is free, and the retry schedule may have changed
         report_id = job.data["report_id"]
         if not body["ok"]:  # the uploader itself failed: a bug, not the server's answer
             error = (body.get("error") or {}).get("message", "uploader error")
