@@ -24,6 +24,11 @@ PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 
+# Text that names a file may carry the undecodable bytes of a non-UTF-8 file name (as
+# surrogate escapes); it crosses the wire byte-exact instead of failing to encode.
+UNICODE_ERRORS = "surrogateescape"
+
+
 class MsgType(StrEnum):
     # control socket (clients <-> supervisor)
     REQUEST = "request"
@@ -135,6 +140,7 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(
         {"v": PROTOCOL_VERSION, "type": str(message.type), "id": message.id, "body": message.body},
         use_bin_type=True,
+        unicode_errors=UNICODE_ERRORS,
     )
 
 
@@ -144,7 +150,7 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
             ErrorCode.TOO_LARGE, f"message of {len(frame)} bytes exceeds the limit of {max_bytes}"
         )
     try:
-        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True)
+        raw = msgpack.unpackb(frame, raw=False, strict_map_key=True, unicode_errors=UNICODE_ERRORS)
     except Exception as error:  # msgpack raises several unrelated types for bad input
         raise ProtocolError(ErrorCode.MALFORMED, f"not a msgpack message: {error}") from None
     if not isinstance(raw, dict):

@@ -7,7 +7,9 @@ bad usage or a bad config, 3 when no station answers.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -313,6 +315,122 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- converters and configuration ---------------------------------------------------------
+
+
+def _load_config(paths: InstancePaths) -> Any:
+    from supervisor.config import ConfigError, load_config
+
+    try:
+        return load_config(paths)
+    except ConfigError as error:
+        raise CliError(f"configuration error: {error}", EXIT_USAGE) from None
+
+
+def _pick_converter(config: Any, path: Path, name: str | None) -> Any:
+    if name:
+        conv = config.converter(name)
+        if conv is None:
+            known = ", ".join(c.name for c in config.converters)
+            raise CliError(f"no converter named {name!r} (configured: {known})", EXIT_USAGE)
+        return conv
+    for conv in config.converters:
+        if any(fnmatch.fnmatch(path.name.lower(), p.lower()) for p in conv.file_patterns):
+            return conv
+    raise CliError(f"no configured converter matches {path.name}; name one with --converter")
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from supervisor.process import describe_exit
+
+    config = _load_config(_paths(args))
+    path = Path(args.file).absolute()
+    conv = _pick_converter(config, path, args.converter)
+    job = {
+        "path": str(path),
+        "converter": asdict(conv),
+        "converters_folder": config.converters_folder,
+        "station": asdict(config.station),
+    }
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "workers.converter", "--once"],
+            input=json.dumps(job), capture_output=True, text=True, timeout=conv.deadline_s,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise CliError(
+            f"{path}: converter {conv.name!r} passed its deadline of {conv.deadline_s:g} s"
+        ) from None
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if result.returncode < 0:
+        raise CliError(f"{path}: the converter process was {describe_exit(result.returncode)}")
+    return 0 if result.returncode == 0 else EXIT_FAILED
+
+
+def cmd_converters(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    try:
+        converters = _call(args, "list_converters")
+    except StationUnavailable:
+        from supervisor.conversions import describe_converters
+
+        converters = describe_converters(_load_config(paths).converters)
+    if args.json:
+        _print_json(converters)
+        return 0
+    rows = [("NAME", "KIND", "ENABLED", "PATTERNS", "WATCH FOLDER", "ERRORS")]
+    for c in converters:
+        rows.append((
+            c["name"], c["kind"], "yes" if c["enabled"] else "no", " ".join(c["file_patterns"]),
+            c["watch_folder"], str(c["errors"]),
+        ))  # fmt: skip
+    print_table(rows)
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from supervisor.config import config_template, config_to_dict, write_config_file
+
+    paths = _paths(args)
+    if args.action == "init":
+        if paths.config_file.exists() and not args.force:
+            raise CliError(f"{paths.config_file} exists; use --force to replace it")
+        document = config_template(
+            paths, url=args.server_url or "", token=args.token or "", name=args.station_name or ""
+        )
+        write_config_file(paths.config_file, document)
+        print(f"wrote {paths.config_file}")
+        return 0
+    config = _load_config(paths)
+    source = paths.config_file if paths.config_file.exists() else "embedded defaults"
+    if args.action == "validate":
+        print(f"{source}: valid ({len(config.converters)} converters)")
+        return 0
+    _print_json(config_to_dict(config))
+    return 0
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from supervisor.unit import UnitInstallError, install_unit, next_steps, render_unit
+
+    _paths(args)  # checks the instance id
+    python = args.python or sys.executable
+    try:
+        if args.print:
+            print(render_unit(python=python, user=args.user), end="")
+            return 0
+        path = install_unit(Path(args.target_dir), python=python, user=args.user)
+    except (UnitInstallError, ValueError) as error:
+        raise CliError(str(error)) from None
+    print(f"wrote {path}; now run:")
+    for step in next_steps(args.instance_id):
+        print(f"  {step}")
+    return 0
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     from scripts.emulator import main as emulator_main
 
@@ -375,6 +493,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("submit", cmd_submit, "queue a WSJF report file through the running station")
     p.add_argument("file")
+    p = add("convert", cmd_convert, "convert one file in a worker process and print the WSJF")
+    p.add_argument("file")
+    p.add_argument("--converter", help="converter name (default: the first whose patterns match)")
+    p = add("converters", cmd_converters, "list the configured converters and their folders")
+    p.add_argument("action", choices=("list",))
+    p.add_argument("--json", action="store_true")
+    p = add("config", cmd_config, "write, show or check the instance's config file")
+    p.add_argument("action", choices=("init", "show", "validate"))
+    p.add_argument("--server-url", help="init: the WATS server URL")
+    p.add_argument("--token", help="init: the API token (stored owner-only)")
+    p.add_argument("--station-name", help="init: the station name")
+    p.add_argument("--force", action="store_true", help="init: replace an existing file")
+    p = add("install-service", cmd_install_service, "write the systemd unit wats-station@.service")
+    p.add_argument("--print", action="store_true", help="print the unit instead of writing it")
+    p.add_argument("--user", help="run the service as this user")
+    p.add_argument("--python", help="interpreter of the station's venv (default: this one)")
+    p.add_argument("--target-dir", default="/etc/systemd/system", help="where to write the unit")
     p = add("emulator", cmd_emulator, "run the local WATS server emulator")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="emulator options (see --help)")
     return parser

@@ -298,9 +298,26 @@ def _mask(node: Any) -> None:
             _mask(item)
 
 
-def config_template(paths: InstancePaths, **server: str) -> dict[str, Any]:
+def config_template(
+    paths: InstancePaths, *, url: str = "", token: str = "", name: str = ""
+) -> dict[str, Any]:
     """A full default config document, every key present, for ``config init``."""
     config = parse_config({}, paths, env={})
     data = config_to_dict(config, mask_secrets=False)
-    data["server"].update({k: v for k, v in server.items() if v})
+    data["server"].update({k: v for k, v in {"url": url, "token": token}.items() if v})
+    if name:
+        data["station"]["name"] = name
     return data
+
+
+def write_config_file(path: Path, document: dict[str, Any]) -> None:
+    """Write a config atomically and owner-only (0600): it may hold the server token."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -47,6 +47,25 @@ class Pending:
     converter: str
 
 
+def stored_path(path: str) -> str:
+    """A path as the queue database keeps it. SQLite text must be valid UTF-8, so a name
+    that is not (Linux allows any bytes) is kept as ``hex:`` and its bytes, reversibly."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "hex:" + os.fsencode(path).hex()
+    return path
+
+
+def readable(text: str) -> str:
+    """Text safe for the database and for people: undecodable bytes shown as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def real_path(stored: str) -> str:
+    return os.fsdecode(bytes.fromhex(stored[4:])) if stored.startswith("hex:") else stored
+
+
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -93,22 +112,23 @@ class Conversions:
 
     def _recover(self) -> None:
         for record in self.queue.unfinished_sources():
+            path = real_path(record.path)
             conv = self.converter(record.converter)
             if conv is None:
                 log.warning(
                     "file %s was left by converter %r, which is no longer configured",
-                    record.path,
+                    path,
                     record.converter,
                 )
                 continue
             if record.state is SourceState.CONVERTED:
                 log.info(
                     "finishing the post action of %s (its reports were already committed)",
-                    record.path,
+                    path,
                 )
-                self._post_process(record.id, record.path, conv)
-            elif os.path.lexists(record.path):
-                self._enqueue(record.id, record.path, conv.name)
+                self._post_process(record.id, path, conv)
+            elif os.path.lexists(path):
+                self._enqueue(record.id, path, conv.name)
             else:
                 self.queue.finish_source(
                     record.id,
@@ -134,11 +154,13 @@ class Conversions:
         except OSError as error:
             log.warning("cannot read %s: %s", path, error)
             return
-        record = self.queue.find_source(path, info.st_size, info.st_mtime_ns, sha)
+        record = self.queue.find_source(stored_path(path), info.st_size, info.st_mtime_ns, sha)
         if record is None and conv.post_action == "keep" and self._kept_already(path, info, sha):
             return
         if record is None:
-            record = self.queue.record_source(path, info.st_size, info.st_mtime_ns, sha, conv.name)
+            record = self.queue.record_source(
+                stored_path(path), info.st_size, info.st_mtime_ns, sha, conv.name
+            )
             crash_point("after-file-recorded")
         if record.state is SourceState.CONVERTED:
             self._post_process(record.id, path, conv)
@@ -147,7 +169,9 @@ class Conversions:
 
     def _kept_already(self, path: str, info: os.stat_result, sha: str) -> bool:
         return (
-            self.queue.find_source(path, info.st_size, info.st_mtime_ns, sha, finished=True)
+            self.queue.find_source(
+                stored_path(path), info.st_size, info.st_mtime_ns, sha, finished=True
+            )
             is not None
         )
 
@@ -208,7 +232,7 @@ class Conversions:
         if conv is None:
             self.in_flight.discard(path)
             return
-        crashes = self.queue.record_crash(source_id, reason)
+        crashes = self.queue.record_crash(source_id, readable(reason))
         log.warning(
             "converter worker died on %s (%s); crash %d of %d",
             path,
@@ -234,8 +258,8 @@ class Conversions:
         self.queue.finish_source(
             source_id,
             state=SourceState.FAILED,
-            final_path=final,
-            error=str(details.get("error") or details.get("message")),
+            final_path=final and stored_path(final),
+            error=readable(str(details.get("error") or details.get("message"))),
         )
         self.counts["failed"] += 1
 
@@ -288,7 +312,9 @@ class Conversions:
             )
             return
         crash_point("after-post-action")
-        self.queue.finish_source(source_id, state=SourceState.DONE, final_path=final)
+        self.queue.finish_source(
+            source_id, state=SourceState.DONE, final_path=final and stored_path(final)
+        )
         self.counts["converted"] += 1
         self.station.publish(
             "file.done", {"path": path, "action": conv.post_action, "final_path": final}
@@ -300,24 +326,30 @@ class Conversions:
         return {"waiting": len(self.waiting), "in_flight": len(self.in_flight), **self.counts}
 
     def describe(self) -> list[dict[str, Any]]:
-        result = []
-        for conv in self.station.config.converters:
-            result.append(
-                {
-                    "name": conv.name,
-                    "kind": conv.kind,
-                    "enabled": conv.enabled,
-                    "module": conv.module,
-                    "watch_folder": conv.watch_folder,
-                    "done_folder": conv.done_folder,
-                    "error_folder": conv.error_folder,
-                    "file_patterns": conv.file_patterns,
-                    "post_action": conv.post_action,
-                    "waiting": sum(p.converter == conv.name for p in self.waiting),
-                    "errors": count_files(conv.error_folder, exclude_suffix=SIDECAR_SUFFIX),
-                }
-            )
-        return result
+        described = describe_converters(self.station.config.converters)
+        for entry in described:
+            entry["waiting"] = sum(p.converter == entry["name"] for p in self.waiting)
+        return described
+
+
+def describe_converters(converters: list[ConverterSettings]) -> list[dict[str, Any]]:
+    """What ``converters list`` shows of each converter, with running or stopped station."""
+    return [
+        {
+            "name": conv.name,
+            "kind": conv.kind,
+            "enabled": conv.enabled,
+            "module": conv.module,
+            "watch_folder": conv.watch_folder,
+            "done_folder": conv.done_folder,
+            "error_folder": conv.error_folder,
+            "file_patterns": conv.file_patterns,
+            "post_action": conv.post_action,
+            "waiting": 0,
+            "errors": count_files(conv.error_folder, exclude_suffix=SIDECAR_SUFFIX),
+        }
+        for conv in converters
+    ]
 
 
 def count_files(folder: str, exclude_suffix: str = "") -> int:

@@ -41,6 +41,7 @@ def setup_logging(paths: InstancePaths, settings: LoggingSettings) -> logging.Lo
             maxBytes=int(settings.file_max_mb * 1024 * 1024),
             backupCount=settings.file_backups,
             encoding="utf-8",
+            errors="backslashreplace",  # file names need not be valid UTF-8
         )
     except OSError as error:
         logger.warning(

@@ -63,6 +63,7 @@ class Station:
         self.seq = 0
         self.started_at = time.time()
         self.dropped_messages = 0
+        self.failed_messages = 0
         self.max_message_bytes = int(config.supervisor.max_message_mb * 1024 * 1024)
         self.workers: dict[str, WorkerProcess] = {}
         self.by_identity: dict[bytes, WorkerProcess] = {}
@@ -90,8 +91,6 @@ class Station:
             log.info(
                 "%d report(s) were being uploaded when the station stopped; queued again", recovered
             )
-        self.uploads = Uploads(self)
-        self.conversions = Conversions(self)
         self._context = zmq.Context()
         self._context.setsockopt(zmq.LINGER, 0)
         self.worker_socket = new_socket(self._context, zmq.ROUTER, self.max_message_bytes)
@@ -102,6 +101,8 @@ class Station:
         self.event_socket = new_socket(self._context, zmq.PUB)
         self.event_socket.setsockopt(zmq.SNDHWM, 100_000)
         self.event_socket.bind(self.paths.events_endpoint)
+        self.uploads = Uploads(self)
+        self.conversions = Conversions(self)  # recovers unfinished files: needs the events socket
         self._signal_r, self._signal_w = socket.socketpair()
         self._signal_r.setblocking(False)
         self._signal_w.setblocking(False)
@@ -353,12 +354,21 @@ class Station:
                 self.dropped_messages += 1  # from an incarnation we have already buried
                 continue
             worker.last_seen = now
-            if message.type is MsgType.JOB_DONE:
-                self._job_done(worker, message.body)
-            elif message.type is MsgType.FILE_READY:
-                self.conversions.file_ready(message.body)
-            elif message.type is MsgType.FILE_REJECTED:
-                self.conversions.file_rejected(message.body)
+            try:
+                self._handle_worker_message(worker, message)
+            except Exception:
+                # One message we cannot handle (a bug, a full disk) must not stop the
+                # station; what it concerned is retried after a restart or a rescan.
+                self.failed_messages += 1
+                log.exception("could not handle %s from %s", message.type, worker.name)
+
+    def _handle_worker_message(self, worker: WorkerProcess, message: Message) -> None:
+        if message.type is MsgType.JOB_DONE:
+            self._job_done(worker, message.body)
+        elif message.type is MsgType.FILE_READY:
+            self.conversions.file_ready(message.body)
+        elif message.type is MsgType.FILE_REJECTED:
+            self.conversions.file_rejected(message.body)
 
     def _hello(self, identity: bytes, body: dict[str, Any], now: float) -> None:
         worker = self.workers.get(body["name"])
@@ -574,6 +584,7 @@ class Station:
             "files": self.conversions.stats(),
             "workers": [w.status(now) for w in self.workers.values()],
             "dropped_messages": self.dropped_messages,
+            "failed_messages": self.failed_messages,
         }
 
     # -- shutdown ---------------------------------------------------------------------

@@ -244,3 +244,5 @@ def make_station(home: Path) -> Iterator[Callable[..., Station]]:
     finally:
         for station in stations:
             station.cleanup()
+            # pytest shows this only when the test fails: the station's own account.
+            print(f"--- station {station.instance} log (tail) ---\n{station.output()[-6000:]}")

@@ -111,7 +111,9 @@ class Worker:
         os.write(self._wake_w, b"\0")
 
     def set_title(self, doing: str) -> None:
-        setproctitle(f"wats-station[{self.args.instance}]: {self.name} {doing}".rstrip())
+        title = f"wats-station[{self.args.instance}]: {self.name} {doing}".rstrip()
+        # A file name need not be valid UTF-8; the title shows its odd bytes as escapes.
+        setproctitle(title.encode("utf-8", "backslashreplace").decode("utf-8"))
 
     # -- the loop ---------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -123,5 +124,29 @@ def build_converter(
     return NativeConverter(library=Path(settings["library"]))
 
 
+def convert_once() -> int:
+    """``python -m workers.converter --once``: convert the file named in the JSON job on
+    stdin and print its reports as WSJF JSON; the tool behind ``wats-station convert``."""
+    job = json.load(sys.stdin)
+    path = Path(job["path"])
+    settings = job["converter"]
+    folder = job.get("converters_folder")
+    try:
+        converter = build_converter(settings, [Path(folder)] if folder else [], job["station"])
+        reports = ensure_report_ids(list(converter.convert(path)), path.read_bytes())
+        if not reports:
+            raise JobError(f"converter {settings['name']!r} produced no report from {path.name}")
+        serialised = [serialise(report, index, path) for index, report in enumerate(reports)]
+    except (ConversionError, JobError, OSError, ValueError) as error:
+        print(f"{path}: {error}", file=sys.stderr)
+        return 1
+    documents = [json.loads(item["json"]) for item in serialised]
+    json.dump(documents[0] if len(documents) == 1 else documents, sys.stdout, indent=2)
+    print()
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--once"]:
+        raise SystemExit(convert_once())
     run_worker(ConverterWorker)
