@@ -10,8 +10,8 @@ import time
 import msgpack
 import pytest
 import zmq
-from conftest import wait_until
 
+from conftest import wait_until
 from ipc.client import CommandFailed, EventStream
 from ipc.protocol import PROTOCOL_VERSION, Message, MsgType, encode
 

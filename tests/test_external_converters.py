@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import pid_alive, wait_until
 
+from conftest import pid_alive, wait_until
 from converters.base import ConversionError, derived_report_id
 from converters.external import ProcessConverter
 from converters.native import NativeConverter

@@ -16,8 +16,8 @@ import time
 import uuid
 
 import pytest
-from conftest import wait_until
 
+from conftest import wait_until
 from scripts.emulator import Emulator
 from scripts.samples import sample_report
 from supervisor.queue import ReportQueue

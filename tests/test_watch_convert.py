@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, wait_until
 
+from conftest import REPO, wait_until
 from scripts.emulator import Emulator
 from scripts.samples import sample_report, write_wsjf_files, write_wstf_files
 from supervisor.conversions import SIDECAR_SUFFIX

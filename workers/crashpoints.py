@@ -16,6 +16,20 @@ import signal
 
 CRASH_ENV = "WATS_STATION_CRASH_AT"
 
+# Every point, in the order a file and its report pass them, and the process it kills.
+POINTS = {
+    "service-started": "supervisor: sockets bound, queue open, before the first tick",
+    "worker-start": "any worker (qualify with its kind): before it says hello",
+    "after-file-recorded": "supervisor: the file is fingerprinted and recorded, not converted",
+    "before-convert": "converter (qualify with the converter name): the job is received",
+    "after-report-committed": "supervisor: reports committed with the file marked converted; "
+    "the file is not yet moved",
+    "after-post-action": "supervisor: the file is moved/deleted/archived, not yet marked done",
+    "before-post": "uploader: the report is claimed and handed over, not yet POSTed",
+    "after-post-answered": "uploader: the server stored the report; its answer is not passed on",
+    "before-report-completed": "supervisor: the answer arrived, the report is not yet completed",
+}
+
 
 def _armed(entry: str) -> bool:
     _, _, once_file = entry.partition("@")
@@ -32,6 +46,8 @@ def crash_point(name: str, qualifier: str = "") -> None:
     spec = os.environ.get(CRASH_ENV)
     if not spec:
         return
+    if name not in POINTS:
+        raise ValueError(f"crash point {name!r} is not in crashpoints.POINTS")
     wanted = {name, f"{name}:{qualifier}"} if qualifier else {name}
     for entry in spec.split(","):
         point = entry.strip().partition("@")[0]
