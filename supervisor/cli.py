@@ -431,10 +431,20 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_emulator(args: argparse.Namespace) -> int:
+def run_demo(argv: list[str]) -> int:
+    from scripts.demo import main as demo_main
+
+    return demo_main(argv)
+
+
+def run_emulator(argv: list[str]) -> int:
     from scripts.emulator import main as emulator_main
 
-    return emulator_main(args.rest)
+    return emulator_main(argv)
+
+
+# Commands that parse their own options: argparse cannot hand an option-led remainder on.
+PASSTHROUGH = {"demo": run_demo, "emulator": run_emulator}
 
 
 # -- the parser ---------------------------------------------------------------------------
@@ -510,12 +520,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="run the service as this user")
     p.add_argument("--python", help="interpreter of the station's venv (default: this one)")
     p.add_argument("--target-dir", default="/etc/systemd/system", help="where to write the unit")
-    p = add("emulator", cmd_emulator, "run the local WATS server emulator")
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="emulator options (see --help)")
+    sub.add_parser("demo", help="watch a station convert and upload sample files (see demo -h)")
+    sub.add_parser("emulator", help="run the local WATS server emulator (see emulator -h)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        return PASSTHROUGH[argv[0]](argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

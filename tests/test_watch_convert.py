@@ -24,7 +24,7 @@ from supervisor.conversions import SIDECAR_SUFFIX
 from supervisor.queue import ReportQueue
 
 TOKEN = "dGVzdDp0ZXN0"
-SAMPLES = REPO / "tests" / "data" / "samples"
+SAMPLES = REPO / "scripts" / "sample_files"
 SERVER_SIDE_KEYS = {
     "origin",
     "productName",

@@ -17,7 +17,7 @@ import pytest
 from converters.base import ConversionError
 from converters.wsjf import InvalidReport, WSJFConverter, parse_report_bytes, validate_report
 
-SAMPLES = Path(__file__).parent / "data" / "samples"
+SAMPLES = Path(__file__).parent.parent / "scripts" / "sample_files"
 JSON_SAMPLES = ["uut-wsjf-export.json", "new_report_example.json", "uur_example.json"]
 
 

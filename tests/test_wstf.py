@@ -21,7 +21,7 @@ from converters.wstf import (
 )
 from scripts.samples import sample_uut, write_wsjf_files, write_wstf_files
 
-SAMPLES = Path(__file__).parent / "data" / "samples"
+SAMPLES = Path(__file__).parent.parent / "scripts" / "sample_files"
 COLUMNS = "StepType\tStepName\tMeasureName\tValue\tLowLimit\tHighLimit\tCompOperator\tUnit\tStatus"
 HEADER = "SerialNumber\tSN-1\nPartNumber\tPN-1\nRevision\tA\n"
 

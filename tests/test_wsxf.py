@@ -21,7 +21,7 @@ from converters.registry import (
 from converters.wsjf import WSJFConverter
 from converters.wsxf import SERVER_SIDE_KEYS, WSXFConverter
 
-SAMPLES = Path(__file__).parent / "data" / "samples"
+SAMPLES = Path(__file__).parent.parent / "scripts" / "sample_files"
 NAMESPACE = "http://wats.virinco.com/schemas/WATS/Report/wsxf"
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from supervisor.queue import ReportQueue
 
-SAMPLE = Path(__file__).resolve().parents[2].parent / "shared/wats/samples/new_report_example.json"
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_files" / "new_report_example.json"
 RUNS = 5
 MEASUREMENT = {
     "value": 3.3,
