@@ -8,6 +8,7 @@ loop blocks for long, so one worker's crash loop never slows the control socket.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -204,7 +205,8 @@ class Station:
                 self.request_stop()
             elif signum == signal.SIGHUP:
                 log.info("received SIGHUP: reloading the configuration")
-                self.reload()
+                with contextlib.suppress(ConfigError):  # logged; the running config stays
+                    self.reload()
 
     # -- the tick ---------------------------------------------------------------------
 
