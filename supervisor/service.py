@@ -381,13 +381,15 @@ class Station:
         self.by_identity[identity] = worker
         worker.hello(identity, now)
         self._send_to(
-            worker, Message(MsgType.WELCOME, {"settings": self.worker_settings(worker.kind)})
+            worker,
+            Message(MsgType.WELCOME, {"settings": self.worker_settings(worker.kind, self.config)}),
         )
         if worker.state is WorkerState.STOPPING:
             self._send_to(worker, Message(MsgType.SHUTDOWN))
 
-    def worker_settings(self, kind: str) -> dict[str, Any]:
-        config = self.config
+    @staticmethod
+    def worker_settings(kind: str, config: Config) -> dict[str, Any]:
+        """What a worker of this kind is told in its welcome: all it knows of the config."""
         if kind == "uploader":
             return {"server": asdict(config.server), "upload": asdict(config.upload)}
         if kind == "watcher":
@@ -498,7 +500,7 @@ class Station:
         changed = [
             kind
             for kind in ("watcher", "converter", "uploader")
-            if self._settings_changed(old, new, kind)
+            if self.worker_settings(kind, old) != self.worker_settings(kind, new)
         ]
         if old.supervisor != new.supervisor:
             for worker in self.workers.values():
@@ -512,15 +514,6 @@ class Station:
         log.info("configuration reloaded; restarted: %s", ", ".join(changed) or "nothing")
         self.publish("service.reloaded", {"restarted": changed})
         return {"restarted": changed}
-
-    def _settings_changed(self, old: Config, new: Config, kind: str) -> bool:
-        current = self.config
-        self.config = old
-        before = self.worker_settings(kind)
-        self.config = new
-        after = self.worker_settings(kind)
-        self.config = current
-        return before != after
 
     # -- control and events -----------------------------------------------------------
 
