@@ -163,31 +163,34 @@ def format_duration(seconds: float | None) -> str:
 def cmd_events(args: argparse.Namespace) -> int:
     paths = _paths(args)
     with EventStream(paths=paths, topics=tuple(args.topic or ("",))) as stream:
-        stream.snapshot()
+        # The snapshot first: where things stand, and the point the live events follow on from.
+        print_event(stream.snapshot(), args.json)
         deadline = time.monotonic() + args.duration if args.duration else None
         while deadline is None or time.monotonic() < deadline:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             event = stream.next(remaining)
-            if event is None:
-                continue
-            if args.json:
-                print(
-                    json.dumps(
-                        {
-                            "seq": event.seq,
-                            "topic": event.topic,
-                            "time": event.time,
-                            "data": event.data,
-                        },
-                        default=str,
-                    ),
-                    flush=True,
-                )
-            else:
-                stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
-                detail = " ".join(f"{k}={v}" for k, v in event.data.items() if k != "status")
-                print(f"{stamp} #{event.seq} {event.topic} {detail}", flush=True)
+            if event is not None:
+                print_event(event, args.json)
     return 0
+
+
+def print_event(event: Any, as_json: bool) -> None:
+    if as_json:
+        record = {"seq": event.seq, "topic": event.topic, "time": event.time, "data": event.data}
+        print(json.dumps(record, default=str), flush=True)
+        return
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.time))
+    if event.topic == "resync":
+        status = event.data
+        workers = status["workers"]
+        running = sum(w["state"] == "running" for w in workers)
+        detail = (
+            f"station {status['state']}, {running}/{len(workers)} workers running, "
+            f"server {status['server']['state']}, queue {status['queue']}"
+        )
+    else:
+        detail = " ".join(f"{k}={v}" for k, v in event.data.items())
+    print(f"{stamp} #{event.seq} {event.topic} {detail}", flush=True)
 
 
 # -- workers ------------------------------------------------------------------------------

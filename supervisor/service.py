@@ -9,6 +9,7 @@ loop blocks for long, so one worker's crash loop never slows the control socket.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -180,7 +181,8 @@ class Station:
                 d for d in (worker.next_start_at, worker.stop_deadline, worker.kill_deadline) if d
             ]
             deadlines += [job.deadline for job in worker.jobs.values() if job.deadline]
-        deadlines.append(self.uploads.next_wake(now))
+        if self.state is not ServiceState.STOPPING:  # stopping: no uploads are dispatched
+            deadlines.append(self.uploads.next_wake(now))
         return min(max(0.0, min(deadlines) - now), self.config.supervisor.heartbeat_interval_s)
 
     def _serve_fd(self, fd: int) -> None:
@@ -267,7 +269,8 @@ class Station:
                 self._send_to(worker, Message(MsgType.HEARTBEAT, {}))
 
     def _notify_systemd(self, now: float) -> None:
-        if not self._ready_sent and self._all_workers_tried():
+        starting = self.state is ServiceState.STARTING
+        if starting and not self._ready_sent and self._all_workers_tried():
             self._ready_sent = True
             self.state = ServiceState.RUNNING
             self.publish("service.state", {"state": str(self.state)})
@@ -600,6 +603,8 @@ class Station:
 
 
 def run_service(paths: InstancePaths) -> int:
+    # A person (or a test) can ask a stuck station where it is: kill -USR1 <pid>.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         config = load_config(paths)
     except ConfigError as error:

@@ -74,7 +74,7 @@ class Uploads:
         if not self.station.idle_workers("uploader"):
             return now + RECHECK_S
         if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
-            return self.next_probe_at
+            return now + RECHECK_S if self.probe_in_flight else self.next_probe_at
         return max(self._next_check, self.paused_until)
 
     def tick(self, now: float) -> None:

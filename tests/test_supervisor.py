@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import pid_alive, wait_until
+from conftest import pid_alive, pids_in_sessions, wait_until
 
 RUNNING = "running"
 
@@ -172,8 +173,6 @@ def test_unlock_refuses_while_the_station_lives(make_station):
 
 def test_status_json_lists_every_worker(make_station):
     station = make_station()
-    import json
-
     status = json.loads(station.cli("status", "--json", check=True).stdout)
     assert status["state"] == RUNNING
     names = {w["name"]: w for w in status["workers"]}
@@ -205,3 +204,37 @@ def test_workers_carry_descriptive_process_titles(make_station):
     assert title.startswith("wats-station[default]: converter-1 idle")
     sup_title = Path(f"/proc/{station.process.pid}/cmdline").read_text()
     assert sup_title.startswith("wats-station[default]: supervisor")
+
+
+def test_a_stop_during_startup_preempts_it_and_is_idempotent(make_station):
+    station = make_station(start=False)
+    station.start(wait=False)
+    wait_until(lambda: station.call("ping", timeout_s=0.5), 20, "the control socket")
+    station.process.send_signal(signal.SIGTERM)
+    station.process.send_signal(signal.SIGTERM)  # a second stop changes nothing
+    assert station.process.wait(15) == 0
+    assert not [p for p in pids_in_sessions(station.sessions) if pid_alive(p)]
+
+
+def test_events_command_prints_one_line_per_event(make_station):
+    station = make_station()
+    events = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.cli", "events", "--json", "--duration", "20"],
+        env=station.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        first = json.loads(events.stdout.readline())
+        assert first["topic"] == "resync" and first["data"]["state"] == "running"
+        station.call("restart_worker", name="uploader")
+        lines = []
+        while not any(line["topic"] == "worker.uploader" and line["data"]["state"] == "running"
+                      for line in lines):  # fmt: skip
+            lines.append(json.loads(events.stdout.readline()))
+    finally:
+        events.kill()
+        events.wait()
+    assert all({"seq", "topic", "time", "data"} <= set(line) for line in lines)
+    seqs = [first["seq"]] + [line["seq"] for line in lines]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    states = [line["data"]["state"] for line in lines if line["topic"] == "worker.uploader"]
+    assert states[0] == "stopping" and states[-1] == "running"
