@@ -276,17 +276,21 @@ class Conversions:
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **details,
         }
-        try:
-            os.rename(source, target)
-        except FileNotFoundError:
+        # The reason goes down first: a crash between the two steps must never leave a file
+        # in Error without one.
+        sidecar_path = target.with_name(target.name + SIDECAR_SUFFIX)
+        if not os.path.lexists(source):
             sidecar["error"] = (
                 f"{details.get('error') or details.get('message')} (the file has since vanished)"
             )
+            sidecar_path = target.with_name(target.name + ".missing" + SIDECAR_SUFFIX)
+        write_atomically(sidecar_path, json.dumps(sidecar, indent=2, default=str).encode())
+        try:
+            os.rename(source, target)
+        except FileNotFoundError:
             target = target.with_name(target.name + ".missing")
         except OSError:
             shutil.move(source, target)  # another file system
-        sidecar_path = target.with_name(target.name + SIDECAR_SUFFIX)
-        write_atomically(sidecar_path, json.dumps(sidecar, indent=2, default=str).encode())
         fsync_dir(folder)
         log.warning("%s -> %s: %s", path, target, details.get("error") or details.get("message"))
         self.station.publish(

@@ -42,8 +42,10 @@ def test_a_crash_at_each_point_ends_with_the_file_done_and_its_report_on_the_ser
             },
             env={"WATS_STATION_CRASH_AT": f"{point}@{once}"},
         )
-        (path,) = write_wstf_files(watch, 1)
-        expected_id = json.loads(station.cli("convert", str(path), check=True).stdout)["id"]
+        (staged,) = write_wstf_files(home / "staging", 1)
+        expected_id = json.loads(station.cli("convert", str(staged), check=True).stdout)["id"]
+        watch.mkdir(parents=True, exist_ok=True)
+        path = staged.rename(watch / staged.name)
 
         def settled() -> bool:
             if station.process.poll() is not None:  # the supervisor died: restart it, like systemd
