@@ -42,6 +42,7 @@ from converters.base import derived_report_id
 from converters.wstf import format_wstf
 from ipc.client import CommandFailed, StationClient, StationUnavailable
 from ipc.endpoints import InstancePaths, instance_paths
+from scripts.processes import kill_sessions, session_pids
 from scripts.samples import sample_report, sample_uut, write_csv_files, write_wstf_files
 from supervisor.conversions import SIDECAR_SUFFIX
 
@@ -119,30 +120,6 @@ class ChaosError(RuntimeError):
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-def session_pids(sessions: set[int]) -> list[int]:
-    """Live processes in these sessions. Workers change process group but keep the session,
-    and their titles hide their command lines, so the session is how we find them all."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) in sessions and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def kill_sessions(sessions: set[int]) -> None:
-    for pid in session_pids(sessions):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def process_title(pid: int) -> str:

@@ -24,6 +24,7 @@ import pytest
 
 from ipc.client import StationClient
 from ipc.endpoints import InstancePaths, instance_paths
+from scripts.processes import kill_sessions
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -59,40 +60,6 @@ def wait_until(
                 return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}; last seen: {last!r}")
-
-
-def _stat_fields(pid: int) -> list[str]:
-    # Fields after the command name, which may itself contain spaces and parentheses.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def pids_in_sessions(sessions: set[int]) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            fields = _stat_fields(int(entry.name))
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) in sessions and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
-
-
-def kill_sessions(sessions: set[int]) -> None:
-    for pid in pids_in_sessions(sessions):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        return _stat_fields(pid)[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class Station:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import kill_sessions
+from scripts.processes import kill_sessions
 
 
 def test_the_demo_converts_uploads_and_explains(home: Path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import requests
 
 from conftest import REPO, wait_until
+from converters.wsxf import SERVER_SIDE_KEYS
 from scripts.emulator import Emulator
 from scripts.samples import write_csv_files, write_wsjf_files, write_wstf_files
 
@@ -83,15 +84,7 @@ def test_a_corpus_dropped_into_the_standard_folders_arrives_once_with_the_right_
             assert fetch(emulator, original["id"]) == original
         twin = json.loads((SAMPLES / "uut-wsjf-export.json").read_text())
         arrived = fetch(emulator, twin["id"])
-        server_side = {
-            "origin",
-            "productName",
-            "processName",
-            "processCodeFormat",
-            "startUTC",
-            "assetStats",
-        }
-        assert arrived == {k: v for k, v in twin.items() if k not in server_side}
+        assert arrived == {k: v for k, v in twin.items() if k not in SERVER_SIDE_KEYS}
 
         # Every input file ended in Done or in Error (with a reason), none in both.
         done = {p.name for folder in folders.values() for p in (folder / "Done").glob("*")}

@@ -10,7 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import pid_alive, pids_in_sessions, wait_until
+from conftest import wait_until
+from scripts.processes import pid_alive, session_pids
 
 RUNNING = "running"
 
@@ -213,7 +214,7 @@ def test_a_stop_during_startup_preempts_it_and_is_idempotent(make_station):
     station.process.send_signal(signal.SIGTERM)
     station.process.send_signal(signal.SIGTERM)  # a second stop changes nothing
     assert station.process.wait(15) == 0
-    assert not [p for p in pids_in_sessions(station.sessions) if pid_alive(p)]
+    assert not [p for p in session_pids(station.sessions) if pid_alive(p)]
 
 
 def test_events_command_prints_one_line_per_event(make_station):

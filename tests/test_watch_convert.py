@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, wait_until
+from converters.wsxf import SERVER_SIDE_KEYS
 from scripts.emulator import Emulator
 from scripts.samples import sample_report, write_wsjf_files, write_wstf_files
 from supervisor.conversions import SIDECAR_SUFFIX
@@ -25,14 +26,6 @@ from supervisor.queue import ReportQueue
 
 TOKEN = "dGVzdDp0ZXN0"
 SAMPLES = REPO / "scripts" / "sample_files"
-SERVER_SIDE_KEYS = {
-    "origin",
-    "productName",
-    "processName",
-    "processCodeFormat",
-    "startUTC",
-    "assetStats",
-}
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ import requests
 
 from ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
 from ipc.endpoints import InstancePaths, instance_paths
+from scripts import processes
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -65,37 +66,18 @@ def stop_on_sigterm() -> None:
 # -- processes ------------------------------------------------------------------------------
 
 
-def _stat_fields(pid: int) -> list[str]:
-    # The fields after the command name, which may itself hold spaces and parentheses.
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
 def session_pids(session: int) -> list[int]:
     """Every live process of a session (the session id is its leader's pid)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = _stat_fields(int(entry.name))
-        except (OSError, IndexError):
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
+    return processes.session_pids({session})
 
 
 def kill_session(session: int) -> None:
-    for pid in session_pids(session):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    processes.kill_sessions({session})
 
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time the process has used so far."""
-    fields = _stat_fields(pid)
+    fields = processes.stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
