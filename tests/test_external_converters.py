@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pid_alive, wait_until
+from conftest import wait_until
 from converters.base import ConversionError, derived_report_id
 from converters.external import ProcessConverter
 from converters.native import NativeConverter
 from converters.wsjf import validate_report
+from scripts.processes import pid_alive
 
 CONVERTERS = Path(__file__).resolve().parents[1] / "converters"
 
