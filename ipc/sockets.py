@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zmq
 
-from ipc.protocol import DEFAULT_MAX_MESSAGE_BYTES, Message, decode, encode
+from ipc.protocol import Message, encode
 
 
 def new_socket(context: zmq.Context, kind: int, max_message_bytes: int | None = None) -> zmq.Socket:
@@ -23,9 +23,3 @@ def new_socket(context: zmq.Context, kind: int, max_message_bytes: int | None = 
 
 def send(sock: zmq.Socket, message: Message, envelope: list[bytes] = ()) -> None:
     sock.send_multipart([*envelope, encode(message)], copy=False)
-
-
-def recv(sock: zmq.Socket, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
-    """Receive one single-frame message (DEALER side); raises ProtocolError on a bad frame."""
-    frames = sock.recv_multipart()
-    return decode(frames[-1], max_bytes)
