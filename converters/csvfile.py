@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from converters.base import ConversionError, Converter, Report, ensure_report_ids
-from converters.wstf import (
+from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.wstf import (
     checked_arguments,
     decode_text,
     file_start,

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from converters.base import ConversionError, Report, ensure_report_ids
+from wats_station.converters.base import ConversionError, Report, ensure_report_ids
 
 OUTPUTS = ("stdout", "file")
 STDERR_TAIL_LINES = 20

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from converters.base import ConversionError, Report, ensure_report_ids
-from converters.external import reports_from_json
+from wats_station.converters.base import ConversionError, Report, ensure_report_ids
+from wats_station.converters.external import reports_from_json
 
 
 class NativeConverter:

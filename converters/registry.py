@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-from converters.base import Converter
+from wats_station.converters.base import Converter
 
 STANDARD_CONVERTERS: dict[str, str] = {
-    "wsjf": "converters.wsjf.WSJFConverter",
-    "wsxf": "converters.wsxf.WSXFConverter",
-    "wstf": "converters.wstf.WSTFConverter",
-    "csv": "converters.csvfile.CSVConverter",
+    "wsjf": "wats_station.converters.wsjf.WSJFConverter",
+    "wsxf": "wats_station.converters.wsxf.WSXFConverter",
+    "wstf": "wats_station.converters.wstf.WSTFConverter",
+    "csv": "wats_station.converters.csvfile.CSVConverter",
 }
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
 
 REPORT_TYPES = frozenset({"T", "R"})
 REPORT_RESULTS = frozenset({"P", "F", "D", "E", "T"})

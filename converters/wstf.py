@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
 
 HEADER_START = "--Header-Start--"
 STEP_DATA_START = "--Step-Data-Start--"

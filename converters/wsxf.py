@@ -19,8 +19,8 @@ from xml.parsers import expat
 from defusedxml import DefusedXmlException, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser
 
-from converters.base import ConversionError, Converter, Report, ensure_report_ids
-from converters.wsjf import InvalidReport, validate_report
+from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.wsjf import InvalidReport, validate_report
 
 WSXF_NAMESPACE = "http://wats.virinco.com/schemas/WATS/Report/wsxf"
 

@@ -21,9 +21,9 @@ from typing import Any
 
 import zmq
 
-from ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
-from ipc.protocol import Message, MsgType, ProtocolError, decode
-from ipc.sockets import new_socket, send
+from wats_station.ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
+from wats_station.ipc.protocol import Message, MsgType, ProtocolError, decode
+from wats_station.ipc.sockets import new_socket, send
 
 
 class StationUnavailable(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zmq
 
-from ipc.protocol import Message, encode
+from wats_station.ipc.protocol import Message, encode
 
 
 def new_socket(context: zmq.Context, kind: int, max_message_bytes: int | None = None) -> zmq.Socket:

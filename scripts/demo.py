@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ipc.client import StationClient, StationUnavailable
-from ipc.endpoints import HOME_ENV, instance_paths
-from scripts.emulator import Emulator
-from scripts.samples import write_csv_files, write_wstf_files
-from supervisor.conversions import SIDECAR_SUFFIX
+from wats_station.emulator import Emulator
+from wats_station.ipc.client import StationClient, StationUnavailable
+from wats_station.ipc.endpoints import HOME_ENV, instance_paths
+from wats_station.samples import write_csv_files, write_wstf_files
+from wats_station.supervisor.conversions import SIDECAR_SUFFIX
 
 SAMPLE_FILES = Path(__file__).resolve().parent / "sample_files"
 TOKEN = "ZGVtbzpkZW1v"  # base64 of demo:demo, as a WATS admin would issue it
@@ -81,7 +81,7 @@ def run(home: Path, keep_running: bool) -> int:
         print(f"station home {home}\n")
         log = open(home / "station.out", "wb")  # noqa: SIM115 - closed in finally
         station = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "service"],
+            [sys.executable, "-m", "wats_station.cli", "service"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         try:

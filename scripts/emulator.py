@@ -9,7 +9,7 @@ while it is up::
         server.set_faults(failure_rate=0.2, latency_ms=50)
         ...  # point the uploader at server.url, then check server.stats()
 
-    python -m scripts.emulator --port 8080 --token secret --verbose
+    python -m wats_station.emulator --port 8080 --token secret --verbose
 
 Report ids are compared as UUIDs, so they are stored and listed in canonical lower-case form.
 Faults other than ``unauthorized``, ``latency_ms`` and ``down`` apply to report POSTs only, so the
@@ -522,7 +522,7 @@ _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        "python -m scripts.emulator", description=__doc__.split("\n")[0]
+        "python -m wats_station.emulator", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=0, help="API port (default: any free)")

@@ -4,7 +4,7 @@ Every unit's content follows from its index alone, so a run is reproducible and 
 can write a million files without keeping any of them in memory. Files appear atomically
 (written as ``.name.tmp``, then renamed), so a folder watcher never sees half a file.
 
-    python -m scripts.samples wstf Incoming 100 --failing-every 10
+    python -m wats_station.samples wstf Incoming 100 --failing-every 10
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from converters.wstf import UUTDefaults, format_wstf, parse_wstf
+from wats_station.converters.wstf import UUTDefaults, format_wstf, parse_wstf
 
 PART_NUMBER = "PCBA-100"
 REVISION = "B"
@@ -182,7 +182,7 @@ def _write_atomically(path: Path, data: bytes) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m scripts.samples", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m wats_station.samples", description=__doc__)
     parser.add_argument("format", choices=("wstf", "csv", "wsjf"))
     parser.add_argument("folder", type=Path)
     parser.add_argument("count", type=int)

@@ -19,7 +19,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ipc.endpoints import InstancePaths
+from wats_station.ipc.endpoints import InstancePaths
 
 SERVER_URL_ENV = "WATS_STATION_SERVER_URL"
 TOKEN_ENV = "WATS_STATION_TOKEN"

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from converters.wsjf import InvalidReport, validate_report
-from ipc.protocol import ErrorCode, Message, reply_error, reply_ok
-from ipc.states import ReportState
-from supervisor.config import ConfigError, config_to_dict
+from wats_station.converters.wsjf import InvalidReport, validate_report
+from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
+from wats_station.ipc.states import ReportState
+from wats_station.supervisor.config import ConfigError, config_to_dict
 
 if TYPE_CHECKING:
-    from supervisor.process import WorkerProcess
-    from supervisor.service import Station
+    from wats_station.supervisor.process import WorkerProcess
+    from wats_station.supervisor.service import Station
 
 log = logging.getLogger("wats-station")
 

@@ -26,14 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipc.protocol import JobKind
-from ipc.states import SourceState
-from supervisor.config import ConverterSettings
-from workers.crashpoints import crash_point
+from wats_station.ipc.protocol import JobKind
+from wats_station.ipc.states import SourceState
+from wats_station.supervisor.config import ConverterSettings
+from wats_station.workers.crashpoints import crash_point
 
 if TYPE_CHECKING:
-    from supervisor.process import Job
-    from supervisor.service import Station
+    from wats_station.supervisor.process import Job
+    from wats_station.supervisor.service import Station
 
 log = logging.getLogger("wats-station")
 

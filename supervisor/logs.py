@@ -11,8 +11,8 @@ import logging.handlers
 import os
 import sys
 
-from ipc.endpoints import InstancePaths
-from supervisor.config import LoggingSettings
+from wats_station.ipc.endpoints import InstancePaths
+from wats_station.supervisor.config import LoggingSettings
 
 LOGGER = "wats-station"
 

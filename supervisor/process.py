@@ -20,9 +20,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ipc.states import WorkerState
-from supervisor.config import SupervisorSettings
-from supervisor.notify import SYSTEMD_ONLY_ENV
+from wats_station.ipc.states import WorkerState
+from wats_station.supervisor.config import SupervisorSettings
+from wats_station.supervisor.notify import SYSTEMD_ONLY_ENV
 
 log = logging.getLogger("wats-station")
 
@@ -325,7 +325,7 @@ def worker_command(
     return [
         sys.executable,
         "-m",
-        f"workers.{kind}",
+        f"wats_station.workers.{kind}",
         "--instance",
         instance,
         "--name",

@@ -30,7 +30,7 @@ from typing import Any
 
 import peewee
 
-from ipc.states import ReportState, SourceState
+from wats_station.ipc.states import ReportState, SourceState
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 5.0

@@ -22,8 +22,8 @@ from typing import Any
 import zmq
 from setproctitle import setproctitle
 
-from ipc.endpoints import InstancePaths, prepare_runtime_dir
-from ipc.protocol import (
+from wats_station.ipc.endpoints import InstancePaths, prepare_runtime_dir
+from wats_station.ipc.protocol import (
     ErrorCode,
     JobKind,
     Message,
@@ -33,17 +33,17 @@ from ipc.protocol import (
     encode,
     reply_error,
 )
-from ipc.sockets import new_socket, send
-from ipc.states import ServiceState, WorkerState
-from supervisor import control
-from supervisor.config import Config, ConfigError, load_config
-from supervisor.conversions import Conversions
-from supervisor.lock import InstanceLock
-from supervisor.notify import Notifier
-from supervisor.process import Job, WorkerProcess, worker_command
-from supervisor.queue import ReportQueue
-from supervisor.uploads import Uploads
-from workers.crashpoints import crash_point
+from wats_station.ipc.sockets import new_socket, send
+from wats_station.ipc.states import ServiceState, WorkerState
+from wats_station.supervisor import control
+from wats_station.supervisor.config import Config, ConfigError, load_config
+from wats_station.supervisor.conversions import Conversions
+from wats_station.supervisor.lock import InstanceLock
+from wats_station.supervisor.notify import Notifier
+from wats_station.supervisor.process import Job, WorkerProcess, worker_command
+from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.uploads import Uploads
+from wats_station.workers.crashpoints import crash_point
 
 log = logging.getLogger("wats-station")
 

@@ -22,13 +22,13 @@ import random
 import time
 from typing import TYPE_CHECKING, Any
 
-from ipc.protocol import JobKind, UploadOutcome
-from ipc.states import ServerState
-from workers.crashpoints import crash_point
+from wats_station.ipc.protocol import JobKind, UploadOutcome
+from wats_station.ipc.states import ServerState
+from wats_station.workers.crashpoints import crash_point
 
 if TYPE_CHECKING:
-    from supervisor.process import Job
-    from supervisor.service import Station
+    from wats_station.supervisor.process import Job
+    from wats_station.supervisor.service import Station
 
 log = logging.getLogger("wats-station")
 

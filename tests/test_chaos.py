@@ -1,5 +1,5 @@
 """Under kill -9 of workers and supervisor and a misbehaving server, no file or report is lost,
-duplicated or left behind: the short version of ``python -m scripts.chaos``, same code.
+duplicated or left behind: the short version of ``python -m wats_station.lab.chaos``, same code.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.chaos import (
+from wats_station.lab.chaos import (
     ChaosSettings,
     DroppedFile,
     file_problems,

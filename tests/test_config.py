@@ -9,16 +9,16 @@ import stat
 import subprocess
 import sys
 
-from conftest import wait_until
-from ipc.endpoints import instance_paths
-from supervisor.config import ConfigError, load_config
+from wats_station.ipc.endpoints import instance_paths
+from wats_station.lab.harness import wait_until
+from wats_station.supervisor.config import ConfigError, load_config
 
 SECRET = "c2VjcmV0OnRva2Vu"
 
 
 def cli(home, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", *args],
+        [sys.executable, "-m", "wats_station.cli", *args],
         env={**os.environ, "WATS_STATION_HOME": str(home), **(env or {})},
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
@@ -126,7 +126,7 @@ def test_the_token_never_reaches_a_log_line_or_a_status_reply(make_station):
 
 LINE_THEN_CRASH = """
 import os, signal, sys
-from converters.base import Converter
+from wats_station.converters.base import Converter
 
 
 class Dies(Converter):

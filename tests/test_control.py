@@ -11,9 +11,9 @@ import msgpack
 import pytest
 import zmq
 
-from conftest import wait_until
-from ipc.client import CommandFailed, EventStream
-from ipc.protocol import PROTOCOL_VERSION, Message, MsgType, encode
+from wats_station.ipc.client import CommandFailed, EventStream
+from wats_station.ipc.protocol import PROTOCOL_VERSION, Message, MsgType, encode
+from wats_station.lab.harness import wait_until
 
 
 @pytest.fixture

@@ -12,11 +12,11 @@ import json
 
 import pytest
 
-from conftest import wait_until
-from scripts.emulator import Emulator
-from scripts.samples import write_wstf_files
-from supervisor.queue import ReportQueue
-from workers.crashpoints import POINTS
+from wats_station.emulator import Emulator
+from wats_station.lab.harness import wait_until
+from wats_station.samples import write_wstf_files
+from wats_station.supervisor.queue import ReportQueue
+from wats_station.workers.crashpoints import POINTS
 
 TOKEN = "Y3Jhc2g6cG9pbnRz"
 LIFE_OF_A_FILE = [p for p in POINTS if p not in ("service-started", "worker-start")]
@@ -70,7 +70,7 @@ def test_a_crash_at_each_point_ends_with_the_file_done_and_its_report_on_the_ser
 
 
 def test_an_unknown_crash_point_name_is_an_error_not_a_silent_miss():
-    from workers.crashpoints import crash_point
+    from wats_station.workers.crashpoints import crash_point
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("WATS_STATION_CRASH_AT", "after-file-recorded")

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from converters.base import ConversionError
-from converters.csvfile import CSVConverter
-from converters.wsjf import validate_report
-from scripts.samples import write_csv_files
+from wats_station.converters.base import ConversionError
+from wats_station.converters.csvfile import CSVConverter
+from wats_station.converters.wsjf import validate_report
+from wats_station.samples import write_csv_files
 
 HEADER = "SerialNumber,PartNumber,Revision,TestName,Value,LowLimit,HighLimit,Unit"
 

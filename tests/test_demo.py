@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from scripts.processes import kill_sessions
+from wats_station.lab.processes import kill_sessions
 
 
 def test_the_demo_converts_uploads_and_explains(home: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATS_STATION_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "demo", "--home", str(home)],
+        [sys.executable, "-m", "wats_station.cli", "demo", "--home", str(home)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.emulator import Emulator
+from wats_station.emulator import Emulator
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "c2VjcmV0OnRva2Vu"
@@ -269,7 +269,7 @@ def read_first_line(process: subprocess.Popen, deadline_s: float) -> str:
 
 
 def test_command_line_emulator_serves_and_exits_0_on_sigterm(tmp_path):
-    command = [sys.executable, "-m", "scripts.emulator", "--token", TOKEN, "--store", tmp_path]
+    command = [sys.executable, "-m", "wats_station.emulator", "--token", TOKEN, "--store", tmp_path]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = read_first_line(process, deadline_s=10)

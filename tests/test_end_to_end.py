@@ -8,10 +8,10 @@ from pathlib import Path
 
 import requests
 
-from conftest import REPO, wait_until
-from converters.wsxf import SERVER_SIDE_KEYS
-from scripts.emulator import Emulator
-from scripts.samples import write_csv_files, write_wsjf_files, write_wstf_files
+from wats_station.converters.wsxf import SERVER_SIDE_KEYS
+from wats_station.emulator import Emulator
+from wats_station.lab.harness import REPO, wait_until
+from wats_station.samples import write_csv_files, write_wsjf_files, write_wstf_files
 
 SAMPLES = REPO / "scripts" / "sample_files"
 TOKEN = "ZTJlOmUyZQ=="

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_until
-from converters.base import ConversionError, derived_report_id
-from converters.external import ProcessConverter
-from converters.native import NativeConverter
-from converters.wsjf import validate_report
-from scripts.processes import pid_alive
+from wats_station.converters.base import ConversionError, derived_report_id
+from wats_station.converters.external import ProcessConverter
+from wats_station.converters.native import NativeConverter
+from wats_station.converters.wsjf import validate_report
+from wats_station.lab.harness import wait_until
+from wats_station.lab.processes import pid_alive
 
 CONVERTERS = Path(__file__).resolve().parents[1] / "converters"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from watchdog.observers import Observer
 
-from workers import folder_watch
-from workers.folder_watch import FolderWatcher, ReadyFile, WatchSpec
+from wats_station.workers import folder_watch
+from wats_station.workers.folder_watch import FolderWatcher, ReadyFile, WatchSpec
 
 FAR_FUTURE_NS = time.time_ns() + 3600 * 10**9
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from ipc.states import ReportState, SourceState
-from supervisor.queue import FIFO_WINDOW, QueueError, ReportQueue
+from wats_station.ipc.states import ReportState, SourceState
+from wats_station.supervisor.queue import FIFO_WINDOW, QueueError, ReportQueue
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
@@ -217,7 +217,7 @@ def test_recover_after_kill_9_puts_in_flight_reports_back_with_nothing_lost(
         f"""
 import time
 from pathlib import Path
-from supervisor.queue import ReportQueue
+from wats_station.supervisor.queue import ReportQueue
 q = ReportQueue(Path({str(db_path)!r}))
 q.enqueue({reports!r})
 print(len(q.claim_due(2)), flush=True)
@@ -241,7 +241,7 @@ def test_every_report_acknowledged_before_a_kill_9_is_there_once(db_path: Path) 
         f"""
 import uuid
 from pathlib import Path
-from supervisor.queue import ReportQueue
+from wats_station.supervisor.queue import ReportQueue
 q = ReportQueue(Path({str(db_path)!r}))
 for n in range(100_000):
     ids = [str(uuid.uuid4()) for _ in range(n % 3 + 1)]

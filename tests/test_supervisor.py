@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import wait_until
-from scripts.processes import pid_alive, session_pids
+from wats_station.lab.harness import wait_until
+from wats_station.lab.processes import pid_alive, session_pids
 
 RUNNING = "running"
 
@@ -117,7 +117,7 @@ def test_kill9_of_the_supervisor_takes_every_worker_with_it(make_station):
 def test_a_second_supervisor_for_the_same_instance_refuses_and_names_the_pid(make_station):
     station = make_station()
     second = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "service", "--instance-id", "default"],
+        [sys.executable, "-m", "wats_station.cli", "service", "--instance-id", "default"],
         env=station.env(),
         capture_output=True,
         text=True,
@@ -187,7 +187,7 @@ def test_status_json_lists_every_worker(make_station):
 
 def test_status_without_a_station_says_so(home):
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "status", "--instance-id", "nobody"],
+        [sys.executable, "-m", "wats_station.cli", "status", "--instance-id", "nobody"],
         env={**os.environ, "WATS_STATION_HOME": str(home)},
         capture_output=True,
         text=True,
@@ -220,7 +220,7 @@ def test_a_stop_during_startup_preempts_it_and_is_idempotent(make_station):
 def test_events_command_prints_one_line_per_event(make_station):
     station = make_station()
     events = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.cli", "events", "--json", "--duration", "20"],
+        [sys.executable, "-m", "wats_station.cli", "events", "--json", "--duration", "20"],
         env=station.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

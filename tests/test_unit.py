@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ipc.endpoints import instance_paths
-from supervisor.unit import UnitInstallError, install_unit, next_steps, render_unit
+from wats_station.ipc.endpoints import instance_paths
+from wats_station.unit import UnitInstallError, install_unit, next_steps, render_unit
 
 # systemd < 254 does not know these yet and says so; anything else it says is a defect.
 NEWER_SYSTEMD_KEYS = ("RestartSteps", "RestartMaxDelaySec")
@@ -40,7 +40,7 @@ def test_unit_has_every_setting_the_station_relies_on() -> None:
         "Service": {
             "Type": "notify",
             "NotifyAccess": "main",
-            "ExecStart": "/opt/wats/.venv/bin/python -m supervisor.cli service --instance-id %i",
+            "ExecStart": "/opt/wats/.venv/bin/python -m wats_station.cli service --instance-id %i",
             "ExecReload": "/bin/kill -HUP $MAINPID",
             "Environment": "PYTHONUNBUFFERED=1",
             "WatchdogSec": "30",
@@ -91,7 +91,8 @@ def test_unit_refuses_a_user_that_does_not_exist_or_cannot_be_named() -> None:
 
 def test_unit_escapes_a_python_path_systemd_would_misread() -> None:
     unit = parse(render_unit(python="/opt/wats 100%/bin/python"))
-    assert unit["Service"]["ExecStart"].startswith('"/opt/wats 100%%/bin/python" -m supervisor.cli')
+    exec_start = unit["Service"]["ExecStart"]
+    assert exec_start.startswith('"/opt/wats 100%%/bin/python" -m wats_station.cli')
     with pytest.raises(ValueError, match="absolute path"):
         render_unit(python="python3")
 
@@ -107,7 +108,7 @@ def test_root_shell_finds_the_sockets_of_the_service(monkeypatch: pytest.MonkeyP
         "CONFIGURATION_DIRECTORY": f"/etc/{service['ConfigurationDirectory']}",
     }
     under_systemd = instance_paths(instance, env=systemd_env)
-    monkeypatch.setattr("ipc.endpoints.os.geteuid", lambda: 0)
+    monkeypatch.setattr("wats_station.ipc.endpoints.os.geteuid", lambda: 0)
     root_shell = instance_paths(instance, env={})
     assert under_systemd == root_shell
     assert root_shell.control_endpoint == "ipc:///run/wats-station/ict/control"

@@ -17,10 +17,10 @@ import uuid
 
 import pytest
 
-from conftest import wait_until
-from scripts.emulator import Emulator
-from scripts.samples import sample_report
-from supervisor.queue import ReportQueue
+from wats_station.emulator import Emulator
+from wats_station.lab.harness import wait_until
+from wats_station.samples import sample_report
+from wats_station.supervisor.queue import ReportQueue
 
 TOKEN = "c3RhdGlvbjpzZWNyZXQ="
 
@@ -222,7 +222,7 @@ def test_a_corrupt_queue_database_is_refused_and_left_untouched(make_station, em
     station.paths.data_dir.mkdir(parents=True, exist_ok=True)
     station.paths.queue_db.write_bytes(content)
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor.cli", "service"],
+        [sys.executable, "-m", "wats_station.cli", "service"],
         env=station.env(), capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode != 0

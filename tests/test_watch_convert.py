@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, wait_until
-from converters.wsxf import SERVER_SIDE_KEYS
-from scripts.emulator import Emulator
-from scripts.samples import sample_report, write_wsjf_files, write_wstf_files
-from supervisor.conversions import SIDECAR_SUFFIX
-from supervisor.queue import ReportQueue
+from wats_station.converters.wsxf import SERVER_SIDE_KEYS
+from wats_station.emulator import Emulator
+from wats_station.lab.harness import REPO, wait_until
+from wats_station.samples import sample_report, write_wsjf_files, write_wstf_files
+from wats_station.supervisor.conversions import SIDECAR_SUFFIX
+from wats_station.supervisor.queue import ReportQueue
 
 TOKEN = "dGVzdDp0ZXN0"
 SAMPLES = REPO / "scripts" / "sample_files"
@@ -230,7 +230,7 @@ def test_a_segfaulting_native_converter_costs_one_file_and_nothing_else(
 
 
 CONVERTERS_MODULE = """
-from converters.base import Converter
+from wats_station.converters.base import Converter
 
 
 class Forever(Converter):
@@ -372,7 +372,7 @@ def test_convert_cli_prints_wsjf_or_the_error(home, tmp_path):
 
     def convert(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "supervisor.cli", "convert", *args],
+            [sys.executable, "-m", "wats_station.cli", "convert", *args],
             env=env, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
 

@@ -14,8 +14,13 @@ from typing import Any
 
 import pytest
 
-from converters.base import ConversionError
-from converters.wsjf import InvalidReport, WSJFConverter, parse_report_bytes, validate_report
+from wats_station.converters.base import ConversionError
+from wats_station.converters.wsjf import (
+    InvalidReport,
+    WSJFConverter,
+    parse_report_bytes,
+    validate_report,
+)
 
 SAMPLES = Path(__file__).parent.parent / "scripts" / "sample_files"
 JSON_SAMPLES = ["uut-wsjf-export.json", "new_report_example.json", "uur_example.json"]

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from converters.base import ConversionError
-from converters.wsjf import validate_report
-from converters.wstf import (
+from wats_station.converters.base import ConversionError
+from wats_station.converters.wsjf import validate_report
+from wats_station.converters.wstf import (
     NUMERIC_OPERATORS,
     STRING_OPERATORS,
     WSTFConverter,
     format_wstf,
     numeric_status,
 )
-from scripts.samples import sample_uut, write_wsjf_files, write_wstf_files
+from wats_station.samples import sample_uut, write_wsjf_files, write_wstf_files
 
 SAMPLES = Path(__file__).parent.parent / "scripts" / "sample_files"
 COLUMNS = "StepType\tStepName\tMeasureName\tValue\tLowLimit\tHighLimit\tCompOperator\tUnit\tStatus"

@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from converters.base import ConversionError, Converter
-from converters.registry import (
+from wats_station.converters.base import ConversionError, Converter
+from wats_station.converters.registry import (
     STANDARD_CONVERTERS,
     ConverterLoadError,
     load_converter_class,
 )
-from converters.wsjf import WSJFConverter
-from converters.wsxf import SERVER_SIDE_KEYS, WSXFConverter
+from wats_station.converters.wsjf import WSJFConverter
+from wats_station.converters.wsxf import SERVER_SIDE_KEYS, WSXFConverter
 
 SAMPLES = Path(__file__).parent.parent / "scripts" / "sample_files"
 NAMESPACE = "http://wats.virinco.com/schemas/WATS/Report/wsxf"
@@ -266,7 +266,7 @@ def test_registry_knows_the_standard_names() -> None:
     assert set(STANDARD_CONVERTERS) == {"wsjf", "wsxf", "wstf", "csv"}
     assert load_converter_class("wsjf") is WSJFConverter
     assert load_converter_class("wsxf") is WSXFConverter
-    assert load_converter_class("converters.wsxf.WSXFConverter") is WSXFConverter
+    assert load_converter_class("wats_station.converters.wsxf.WSXFConverter") is WSXFConverter
 
 
 @pytest.fixture
@@ -278,7 +278,7 @@ def station_converters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     (folder / "line3_tester.py").write_text(
         textwrap.dedent(
             """
-            from converters.base import Converter
+            from wats_station.converters.base import Converter
 
             class TesterConverter(Converter):
                 name = "line3"
@@ -320,7 +320,7 @@ def test_registry_loads_a_converter_from_a_station_folder(
         ("line3_tester.NotAConverter", "is not a subclass of converters.base.Converter"),
         ("line3_tester.NOT_A_CLASS", "is not a subclass of converters.base.Converter"),
         ("broken_tester.Converter", "needs 'definitely_not_installed_xyz'"),
-        ("converters.base.Converter", "the base class converts nothing"),
+        ("wats_station.converters.base.Converter", "the base class converts nothing"),
     ],
 )
 def test_registry_errors_name_the_spec(station_converters: Path, spec: str, message: str) -> None:

@@ -1,1 +1,4 @@
-"""Restartable worker processes (watcher, converter, uploader): ``python -m workers.<kind>``."""
+"""Restartable worker processes (watcher, converter, uploader).
+
+Each runs as ``python -m wats_station.workers.<kind>``.
+"""

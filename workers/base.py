@@ -27,9 +27,9 @@ from typing import Any, ClassVar
 import zmq
 from setproctitle import setproctitle
 
-from ipc.protocol import Message, MsgType, ProtocolError, decode
-from ipc.sockets import new_socket, send
-from workers.crashpoints import crash_point
+from wats_station.ipc.protocol import Message, MsgType, ProtocolError, decode
+from wats_station.ipc.sockets import new_socket, send
+from wats_station.workers.crashpoints import crash_point
 
 log = logging.getLogger("wats-station")
 

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from converters.base import ConversionError, Report, ensure_report_ids
-from converters.registry import load_converter_class
-from converters.wsjf import InvalidReport, validate_report
-from workers.base import JobError, Worker, run_worker
-from workers.crashpoints import crash_point
+from wats_station.converters.base import ConversionError, Report, ensure_report_ids
+from wats_station.converters.registry import load_converter_class
+from wats_station.converters.wsjf import InvalidReport, validate_report
+from wats_station.workers.base import JobError, Worker, run_worker
+from wats_station.workers.crashpoints import crash_point
 
 MB = 1024 * 1024
 
@@ -109,7 +109,7 @@ def build_converter(
         cls = load_converter_class(settings["module"], search_paths)
         return cls(**arguments)
     if kind == "process":
-        from converters.external import ProcessConverter
+        from wats_station.converters.external import ProcessConverter
 
         # Time out a little before the supervisor's deadline, so the error keeps the
         # command's stderr instead of being a bare kill of this worker.
@@ -119,14 +119,14 @@ def build_converter(
             timeout_s=0.9 * settings["deadline_s"],
             env=settings["arguments"].get("env") or {},
         )
-    from converters.native import NativeConverter
+    from wats_station.converters.native import NativeConverter
 
     return NativeConverter(library=Path(settings["library"]))
 
 
 def convert_once() -> int:
-    """``python -m workers.converter --once``: convert the file named in the JSON job on
-    stdin and print its reports as WSJF JSON; the tool behind ``wats-station convert``."""
+    """``python -m wats_station.workers.converter --once``: convert the file named in the JSON
+    job on stdin and print its reports as WSJF JSON; the tool behind ``wats-station convert``."""
     job = json.load(sys.stdin)
     path = Path(job["path"])
     settings = job["converter"]

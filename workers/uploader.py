@@ -12,9 +12,9 @@ from typing import Any
 
 import requests
 
-from ipc.protocol import JobKind, UploadOutcome
-from workers.base import JobError, Worker, run_worker
-from workers.crashpoints import crash_point
+from wats_station.ipc.protocol import JobKind, UploadOutcome
+from wats_station.workers.base import JobError, Worker, run_worker
+from wats_station.workers.crashpoints import crash_point
 
 REPORT_PATH = "/api/Report/WSJF"
 VERSION_PATH = "/api/App/Version"

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ipc.protocol import Message, MsgType
-from workers.base import Worker, run_worker
-from workers.folder_watch import FolderWatcher, ReadyFile, WatchSpec
+from wats_station.ipc.protocol import Message, MsgType
+from wats_station.workers.base import Worker, run_worker
+from wats_station.workers.folder_watch import FolderWatcher, ReadyFile, WatchSpec
 
 log = logging.getLogger("wats-station")
 

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 import requests
 
-from ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
-from ipc.endpoints import InstancePaths, instance_paths
-from scripts import processes
+from wats_station.ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
+from wats_station.ipc.endpoints import InstancePaths, instance_paths
+from wats_station.lab import processes
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def _bench_env(**extra: str) -> dict[str, str]:
 
 
 class EmulatorProcess:
-    """``python -m scripts.emulator`` on free loopback ports, driven through its admin port."""
+    """``python -m wats_station.emulator`` on free loopback ports, driven through its admin port."""
 
     def __init__(self) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="wsb-emulator-", dir="/tmp"))
@@ -106,7 +106,7 @@ class EmulatorProcess:
     def __enter__(self) -> EmulatorProcess:
         self._log = open(self.log_path, "w+b")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.emulator", "--host", "127.0.0.1"],
+            [sys.executable, "-m", "wats_station.emulator", "--host", "127.0.0.1"],
             cwd=REPO,
             env=_bench_env(),
             stdout=self._log,
@@ -159,7 +159,7 @@ class EmulatorProcess:
 
 
 class StationProcess:
-    """``python -m supervisor.cli service`` in a throw-away WATS_STATION_HOME under /tmp."""
+    """``python -m wats_station.cli service`` in a throw-away WATS_STATION_HOME under /tmp."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
@@ -176,7 +176,7 @@ class StationProcess:
             self.paths.config_file.write_text(json.dumps(self.config, indent=2))
             self._log = open(self.home / "service.out", "wb")
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.cli", "service", "--instance-id", INSTANCE],
+                [sys.executable, "-m", "wats_station.cli", "service", "--instance-id", INSTANCE],
                 cwd=REPO,
                 env=_bench_env(WATS_STATION_HOME=str(self.home)),
                 stdout=self._log,

@@ -1,6 +1,7 @@
 """Measure the whole pipeline: files dropped into watch folders until the emulator accepts them.
 
-Run from the project root: ``python -m scripts.bench.pipeline_bench [--runs N] [--files N]``.
+Run in a development install:
+``python -m wats_station.bench.pipeline_bench [--runs N] [--files N]``.
 Everything runs on this machine: the station, the emulator and this script. The stations use
 ``watch.debounce_s`` 0.2 and otherwise shipped defaults. Each run, for 1 and 2 converter
 workers (a fresh station each), drops N small WSJF files, then N WSTF files (one UUT each),
@@ -29,10 +30,7 @@ from typing import Any
 
 import requests
 
-from converters.base import ensure_report_ids
-from converters.registry import load_converter_class
-from converters.wsjf import validate_report
-from scripts.bench.common import (
+from wats_station.bench.common import (
     BenchError,
     EmulatorProcess,
     StationProcess,
@@ -45,8 +43,11 @@ from scripts.bench.common import (
     stop_on_sigterm,
     verdict,
 )
-from scripts.samples import write_wsjf_files, write_wstf_files
-from supervisor.config import StationSettings
+from wats_station.converters.base import ensure_report_ids
+from wats_station.converters.registry import load_converter_class
+from wats_station.converters.wsjf import validate_report
+from wats_station.samples import write_wsjf_files, write_wstf_files
+from wats_station.supervisor.config import StationSettings
 
 DEBOUNCE_S = 0.2
 WORKER_COUNTS = (1, 2)

@@ -1,6 +1,6 @@
 """Measure the report queue: durable enqueue rates, claim and stats under a big backlog, disk use.
 
-Run from the project root: ``python -m scripts.bench.queue_bench [--rows N] [--dir DIR]``.
+Run in a development install: ``python -m wats_station.bench.queue_bench [--rows N] [--dir DIR]``.
 Timings are medians of 5 runs; a run of claims, next_due_at or stats averages 20 calls. Put
 the queue on the disk you care about with ``--dir``: every durable commit waits for an fsync.
 """
@@ -19,7 +19,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from supervisor.queue import ReportQueue
+from wats_station.supervisor.queue import ReportQueue
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_files" / "new_report_example.json"
 RUNS = 5

@@ -1,7 +1,7 @@
 """Measure the supervisor: worker replacement after SIGKILL, control round trips, idle CPU, memory.
 
 Run from the project root:
-``python -m scripts.bench.supervisor_bench [--runs N] [--idle-seconds S]``.
+``python -m wats_station.bench.supervisor_bench [--runs N] [--idle-seconds S]``.
 One station (shipped supervisor defaults, so one converter worker per CPU) runs against the
 emulator for the whole benchmark. Memory is read once after start-up and idle CPU over one
 window of ``--idle-seconds``; the ping and the kill figures are medians over ``--runs`` runs.
@@ -18,8 +18,7 @@ import sys
 import time
 from collections import defaultdict
 
-from ipc.client import EventStream
-from scripts.bench.common import (
+from wats_station.bench.common import (
     BenchError,
     EmulatorProcess,
     StationProcess,
@@ -34,6 +33,7 @@ from scripts.bench.common import (
     verdict,
     wait_until,
 )
+from wats_station.ipc.client import EventStream
 
 PINGS = 2_000
 REPLACEMENT_GOAL_S = 0.5

@@ -1,6 +1,7 @@
 """Measure how fast a station drains a backlog of queued reports into the WATS emulator.
 
-Run from the project root: ``python -m scripts.bench.upload_bench [--runs N] [--reports N]``.
+Run in a development install:
+``python -m wats_station.bench.upload_bench [--runs N] [--reports N]``.
 Each run and each ``upload.max_concurrency`` (1, then 5) gets a fresh station: with the
 emulator down, ``submit_report`` queues N small sample reports (distinct ids), then the
 emulator comes up and we time, by polling its ``/_stats``, from its first received report to
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from scripts.bench.common import (
+from wats_station.bench.common import (
     BenchError,
     EmulatorProcess,
     StationProcess,
@@ -29,7 +30,7 @@ from scripts.bench.common import (
     verdict,
     wait_until,
 )
-from scripts.samples import sample_report
+from wats_station.samples import sample_report
 
 CONCURRENCIES = (1, 5)
 RATE_GOAL = 800.0

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
-from ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
+from wats_station.ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
+from wats_station.ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -50,11 +50,11 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_service(args: argparse.Namespace) -> int:
-    from supervisor.config import ConfigError, load_config
-    from supervisor.lock import InstanceLocked
-    from supervisor.logs import setup_logging
-    from supervisor.queue import QueueError
-    from supervisor.service import StartupError, run_service
+    from wats_station.supervisor.config import ConfigError, load_config
+    from wats_station.supervisor.lock import InstanceLocked
+    from wats_station.supervisor.logs import setup_logging
+    from wats_station.supervisor.queue import QueueError
+    from wats_station.supervisor.service import StartupError, run_service
 
     paths = _paths(args)
     try:
@@ -71,7 +71,7 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_unlock(args: argparse.Namespace) -> int:
-    from supervisor.lock import InstanceLocked, remove_stale_lock
+    from wats_station.supervisor.lock import InstanceLocked, remove_stale_lock
 
     paths = _paths(args)
     try:
@@ -231,7 +231,7 @@ def cmd_control(command: str) -> Callable[[argparse.Namespace], int]:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from supervisor import offline
+    from wats_station import offline
 
     paths = _paths(args)
     command, arguments = _queue_request(args)
@@ -322,7 +322,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _load_config(paths: InstancePaths) -> Any:
-    from supervisor.config import ConfigError, load_config
+    from wats_station.supervisor.config import ConfigError, load_config
 
     try:
         return load_config(paths)
@@ -346,7 +346,7 @@ def _pick_converter(config: Any, path: Path, name: str | None) -> Any:
 def cmd_convert(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from supervisor.process import describe_exit
+    from wats_station.supervisor.process import describe_exit
 
     config = _load_config(_paths(args))
     path = Path(args.file).absolute()
@@ -359,7 +359,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     }
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "workers.converter", "--once"],
+            [sys.executable, "-m", "wats_station.workers.converter", "--once"],
             input=json.dumps(job), capture_output=True, text=True, timeout=conv.deadline_s,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
@@ -378,7 +378,7 @@ def cmd_converters(args: argparse.Namespace) -> int:
     try:
         converters = _call(args, "list_converters")
     except StationUnavailable:
-        from supervisor.conversions import describe_converters
+        from wats_station.supervisor.conversions import describe_converters
 
         converters = describe_converters(_load_config(paths).converters)
     if args.json:
@@ -395,7 +395,7 @@ def cmd_converters(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from supervisor.config import config_template, config_to_dict, write_config_file
+    from wats_station.supervisor.config import config_template, config_to_dict, write_config_file
 
     paths = _paths(args)
     if args.action == "init":
@@ -417,7 +417,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    from supervisor.unit import UnitInstallError, install_unit, next_steps, render_unit
+    from wats_station.unit import UnitInstallError, install_unit, next_steps, render_unit
 
     _paths(args)  # checks the instance id
     python = args.python or sys.executable
@@ -435,13 +435,13 @@ def cmd_install_service(args: argparse.Namespace) -> int:
 
 
 def run_demo(argv: list[str]) -> int:
-    from scripts.demo import main as demo_main
+    from wats_station.demo import main as demo_main
 
     return demo_main(argv)
 
 
 def run_emulator(argv: list[str]) -> int:
-    from scripts.emulator import main as emulator_main
+    from wats_station.emulator import main as emulator_main
 
     return emulator_main(argv)
 

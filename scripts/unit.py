@@ -32,7 +32,7 @@ def render_unit(*, python: str = sys.executable, user: str | None = None) -> str
 
     With ``user``, the service runs as that local user and its primary group.
     """
-    template = files("scripts").joinpath(UNIT_NAME).read_text(encoding="utf-8")
+    template = files("wats_station").joinpath(UNIT_NAME).read_text(encoding="utf-8")
     return template.format(python=_exec_path(python), user_lines=_user_lines(user))
 
 

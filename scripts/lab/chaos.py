@@ -2,10 +2,11 @@
 
 The ledger proves that no file and no report was lost, duplicated or left behind.
 
-    python -m scripts.chaos --files 3000 --seconds 90 --seed 7 --poison-every 25
-    python -m scripts.chaos --seed 6 --poison-every 1 --supervisor-kill-every 1,2.5  # harsher
+    python -m wats_station.lab.chaos --files 3000 --seconds 90 --seed 7 --poison-every 25
+    # harsher:
+    python -m wats_station.lab.chaos --seed 6 --poison-every 1 --supervisor-kill-every 1,2.5
 
-Good WSJF, WSTF and CSV files (scripts.samples) and poison files (malformed JSON, garbage
+Good WSJF, WSTF and CSV files (wats_station.samples) and poison files (malformed JSON, garbage
 bytes, an XML entity bomb, empty files, a WSTF cut before ``--UUT-End--``) are dropped into
 four watch folders over time. Meanwhile, at moments drawn from the seed, a random worker and
 the supervisor are killed with SIGKILL (the supervisor is started again after a short delay,
@@ -38,17 +39,17 @@ from typing import Any
 
 import requests
 
-from converters.base import derived_report_id
-from converters.wstf import format_wstf
-from ipc.client import CommandFailed, StationClient, StationUnavailable
-from ipc.endpoints import InstancePaths, instance_paths
-from scripts.processes import kill_sessions, session_pids
-from scripts.samples import sample_report, sample_uut, write_csv_files, write_wstf_files
-from supervisor.conversions import SIDECAR_SUFFIX
+from wats_station.converters.base import derived_report_id
+from wats_station.converters.wstf import format_wstf
+from wats_station.ipc.client import CommandFailed, StationClient, StationUnavailable
+from wats_station.ipc.endpoints import InstancePaths, instance_paths
+from wats_station.lab.processes import kill_sessions, session_pids
+from wats_station.samples import sample_report, sample_uut, write_csv_files, write_wstf_files
+from wats_station.supervisor.conversions import SIDECAR_SUFFIX
 
 TOKEN = "Y2hhb3M6Y2hhb3M="  # base64 of chaos:chaos
 INSTANCE = "default"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # converter name -> the file pattern it watches
 CONVERTERS = {"wsjf": "*.json", "wsxf": "*.xml", "wstf": "*.txt", "csv": "*.csv"}
 GOOD_FORMATS = ("wsjf", "wstf", "csv")
@@ -145,13 +146,13 @@ def _child_env(**extra: str) -> dict[str, str]:
 
 
 class EmulatorProcess:
-    """``python -m scripts.emulator`` in a session of its own, driven through its admin port."""
+    """``python -m wats_station.emulator`` in a session of its own, driven by its admin port."""
 
     def __init__(self, folder: Path, seed: int) -> None:
         self.log_path = folder / "emulator.out"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "scripts.emulator", "--token", TOKEN, "--seed", str(seed)],
+            [sys.executable, "-m", "wats_station.emulator", "--token", TOKEN, "--seed", str(seed)],
             cwd=REPO,
             env=_child_env(),
             stdout=self._log,
@@ -203,7 +204,7 @@ class SupervisedStation:
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "supervisor.cli", "service", "--instance-id", INSTANCE],
+                [sys.executable, "-m", "wats_station.cli", "service", "--instance-id", INSTANCE],
                 cwd=REPO,
                 env=_child_env(WATS_STATION_HOME=str(self.home)),
                 stdout=log,
@@ -781,7 +782,9 @@ def seconds_range(text: str) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser("python -m scripts.chaos", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        "python -m wats_station.lab.chaos", description=__doc__.split("\n")[0]
+    )
     defaults = ChaosSettings()
     parser.add_argument("--files", type=int, default=defaults.files, help="files to drop")
     parser.add_argument("--seconds", type=float, default=defaults.seconds, help="chaos duration")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from ipc.endpoints import InstancePaths, prepare_runtime_dir
-from supervisor import control
-from supervisor.lock import InstanceLock, is_locked
-from supervisor.queue import ReportQueue
+from wats_station.ipc.endpoints import InstancePaths, prepare_runtime_dir
+from wats_station.supervisor import control
+from wats_station.supervisor.lock import InstanceLock, is_locked
+from wats_station.supervisor.queue import ReportQueue
 
 
 def station_stopped(paths: InstancePaths) -> bool:
