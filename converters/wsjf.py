@@ -81,6 +81,19 @@ def validate_report(report: object) -> None:
         _check_object(report, "uur", "a repair (R) report needs a uur object")
 
 
+def serialise_submitted(report: object) -> tuple[str, bytes]:
+    """A report given to ``submit_report`` (an object, or its JSON text) as its id and compact
+    JSON bytes; InvalidReport says what is wrong with it."""
+    if isinstance(report, (str, bytes)):
+        try:
+            report = json.loads(report)
+        except ValueError as error:
+            raise InvalidReport("report", f"not valid JSON: {error}") from None
+    validate_report(report)
+    assert isinstance(report, dict)
+    return report["id"], json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def parse_report_bytes(data: bytes, source: str) -> list[Report]:
     """Decode WSJF bytes (one report or a list of reports) into validated reports.
 

@@ -13,18 +13,43 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from wats_station.converters.wsjf import InvalidReport, validate_report
+from wats_station.converters.wsjf import InvalidReport, serialise_submitted
+from wats_station.ipc.endpoints import InstancePaths
 from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
 from wats_station.ipc.states import ReportState
-from wats_station.supervisor.config import ConfigError, config_to_dict
-
-if TYPE_CHECKING:
-    from wats_station.supervisor.process import WorkerProcess
-    from wats_station.supervisor.service import Station
+from wats_station.supervisor.config import Config, ConfigError, config_to_dict
+from wats_station.supervisor.conversions import Conversions
+from wats_station.supervisor.process import WorkerProcess
+from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.uploads import Uploads
 
 log = logging.getLogger("wats-station")
+
+
+class Station(Protocol):
+    """What the commands use of the running station, and all they may use: the service
+    module implements it, and this module does not import the service (no import circle)."""
+
+    paths: InstancePaths
+    config: Config
+    seq: int
+    epoch: str
+    queue: ReportQueue
+    conversions: Conversions
+    uploads: Uploads
+
+    @property
+    def workers(self) -> dict[str, WorkerProcess]: ...
+    def status(self) -> dict[str, Any]: ...
+    def reload(self) -> dict[str, Any]: ...
+    def submit(self, report_id: str, payload: bytes) -> None: ...
+    def stop_after_reply(self) -> None: ...
+    def stop_worker(self, worker: WorkerProcess, reason: str) -> None: ...
+    def start_worker(self, worker: WorkerProcess) -> None: ...
+    def restart_worker(self, worker: WorkerProcess) -> None: ...
+
 
 Handler = Callable[["Station", dict[str, Any]], Any]
 ArgSpec = dict[str, tuple[tuple[type, ...], bool]]
@@ -150,7 +175,7 @@ def get_config(station: Station, args: dict[str, Any]) -> dict[str, Any]:
 
 @command("stop", "Stop the station gracefully (the reply comes first).")
 def stop(station: Station, args: dict[str, Any]) -> dict[str, Any]:
-    station._stop_requested = True
+    station.stop_after_reply()
     return {"stopping": True}
 
 
@@ -284,23 +309,14 @@ def clean_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
     report=((dict, str, bytes), True),
 )
 def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
-    report = args["report"]
-    if isinstance(report, (str, bytes)):
-        try:
-            report = json.loads(report)
-        except ValueError as error:
-            raise CommandError(
-                ErrorCode.INVALID_REPORT, f"report is not valid JSON: {error}"
-            ) from None
+    # Requests over a few hundred kilobytes never get here: a converter worker decodes and
+    # validates them (JobKind.VALIDATE), so a big report cannot stall the station's loop.
     try:
-        validate_report(report)
+        report_id, payload = serialise_submitted(args["report"])
     except InvalidReport as error:
         raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
-    payload = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
-    station.queue.enqueue([(report["id"], payload)])
-    station.uploads.wake()
-    station.publish("report.queued", {"id": report["id"], "source": "submit_report"})
-    return {"id": report["id"], "state": str(ReportState.PENDING)}
+    station.submit(report_id, payload)
+    return {"id": report_id, "state": str(ReportState.PENDING)}
 
 
 @command("list_converters", "Every configured converter with its folders and file counts.")

@@ -1,19 +1,20 @@
 """The life of an input file on the supervisor's side: record, dispatch, commit, post-process.
 
-1. ``file_ready`` fingerprints the file (size, mtime, sha256) and records it durably before
-   anything else happens; a file already recorded is recognised, so after a crash a file
+1. ``file_ready`` records the file durably, by the fingerprint (size, mtime, sha256) the
+   watcher took through one handle, before anything else happens; the supervisor itself never
+   reads a dropped file. A file already recorded is recognised, so after a crash a file
    whose reports were committed is only post-processed, never converted again.
 2. ``tick`` hands one file at a time to each idle converter worker, with the converter's
    deadline.
 3. ``job_done`` commits the worker's (already validated) reports in the same transaction
-   that marks the file converted, then performs the post action.
+   that marks the file converted; the post action follows that commit (``Turn``).
 4. A worker that dies on a file costs that file one crash; at ``max_crashes`` the file is
-   quarantined to the error folder with a sidecar that says why. Other files flow on.
+   quarantined to the error folder with a sidecar that says why. Other files flow on. A worker
+   stopped on purpose costs its file nothing: the file simply waits for the next worker.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,18 +23,20 @@ import time
 import traceback
 import zipfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from wats_station.ipc.contract import EventTopic, WorkerKind
 from wats_station.ipc.protocol import JobKind
 from wats_station.ipc.states import SourceState
-from wats_station.supervisor.config import ConverterSettings
+from wats_station.supervisor.config import Config, ConverterSettings
+from wats_station.supervisor.fleet import Fleet
+from wats_station.supervisor.process import Job
+from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.turn import Turn, fsync_dir
 from wats_station.workers.crashpoints import crash_point
-
-if TYPE_CHECKING:
-    from wats_station.supervisor.process import Job
-    from wats_station.supervisor.service import Station
 
 log = logging.getLogger("wats-station")
 
@@ -66,14 +69,6 @@ def real_path(stored: str) -> str:
     return os.fsdecode(bytes.fromhex(stored[4:])) if stored.startswith("hex:") else stored
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def free_name(folder: Path, name: str) -> Path:
     """``folder/name``, or ``name (2)``, ``name (3)``... whichever does not exist yet."""
     candidate = folder / name
@@ -85,28 +80,30 @@ def free_name(folder: Path, name: str) -> Path:
     return candidate
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Conversions:
-    def __init__(self, station: Station) -> None:
-        self.station = station
+    def __init__(
+        self,
+        queue: ReportQueue,
+        config: Callable[[], Config],
+        fleet: Fleet,
+        turn: Turn,
+        *,
+        publish: Callable[[str, dict[str, Any]], None],
+        reports_queued: Callable[[], None],
+    ) -> None:
+        self.queue = queue
+        self.config = config
+        self.fleet = fleet
+        self.turn = turn
+        self.publish = publish
+        self.reports_queued = reports_queued
         self.waiting: deque[Pending] = deque()
         self.in_flight: set[str] = set()  # paths waiting or converting
         self.counts = {"converted": 0, "failed": 0, "reports": 0}
         self._recover()
 
-    @property
-    def queue(self) -> Any:
-        return self.station.queue
-
     def converter(self, name: str) -> ConverterSettings | None:
-        return self.station.config.converter(name)
+        return self.config().converter(name)
 
     # -- recovery ---------------------------------------------------------------------
 
@@ -146,34 +143,19 @@ class Conversions:
         conv = self.converter(body["converter"])
         if conv is None or not conv.enabled:
             return
-        try:
-            sha = file_sha256(path)
-            info = os.stat(path)
-        except FileNotFoundError:
-            return  # gone before we looked: nothing to convert, nothing lost
-        except OSError as error:
-            log.warning("cannot read %s: %s", path, error)
-            return
-        record = self.queue.find_source(stored_path(path), info.st_size, info.st_mtime_ns, sha)
-        if record is None and conv.post_action == "keep" and self._kept_already(path, info, sha):
-            return
+        fingerprint = (stored_path(path), body["size"], body["mtime_ns"], body["sha256"])
+        record = self.queue.find_source(*fingerprint)
+        kept = record is None and conv.post_action == "keep"
+        if kept and self.queue.find_source(*fingerprint, finished=True) is not None:
+            return  # kept after an earlier conversion
         if record is None:
-            record = self.queue.record_source(
-                stored_path(path), info.st_size, info.st_mtime_ns, sha, conv.name
-            )
-            crash_point("after-file-recorded")
+            record = self.queue.record_source(*fingerprint, conv.name)
+            self.turn.after_commit(lambda: crash_point("after-file-recorded"))
         if record.state is SourceState.CONVERTED:
-            self._post_process(record.id, path, conv)
+            self.in_flight.add(path)
+            self.turn.after_commit(lambda: self._post_process(record.id, path, conv))
         else:
             self._enqueue(record.id, path, conv.name)
-
-    def _kept_already(self, path: str, info: os.stat_result, sha: str) -> bool:
-        return (
-            self.queue.find_source(
-                stored_path(path), info.st_size, info.st_mtime_ns, sha, finished=True
-            )
-            is not None
-        )
 
     def _enqueue(self, source_id: int, path: str, converter: str) -> None:
         self.in_flight.add(path)
@@ -188,7 +170,7 @@ class Conversions:
 
     def tick(self, now: float) -> None:
         while self.waiting:
-            workers = self.station.idle_workers("converter")
+            workers = self.fleet.idle(WorkerKind.CONVERTER)
             if not workers:
                 return
             item = self.waiting.popleft()
@@ -201,7 +183,7 @@ class Conversions:
                 "converter": conv.name,
                 "source_id": item.source_id,
             }
-            if self.station.dispatch(workers[0], JobKind.CONVERT, data, conv.deadline_s) is None:
+            if self.fleet.dispatch(workers[0], JobKind.CONVERT, data, conv.deadline_s) is None:
                 self.waiting.appendleft(item)
                 return
 
@@ -219,18 +201,22 @@ class Conversions:
             return
         reports = body["data"]["reports"]
         self.queue.commit_conversion(source_id, [(r["id"], r["json"]) for r in reports])
-        crash_point("after-report-committed")
         self.counts["reports"] += len(reports)
-        self.station.uploads.wake()
+        self.reports_queued()
         for report in reports:
-            self.station.publish("report.queued", {"id": report["id"], "source": path})
-        self._post_process(source_id, path, conv)
+            self.publish(EventTopic.REPORT_QUEUED, {"id": report["id"], "source": path})
+        self.turn.after_commit(lambda: crash_point("after-report-committed"))
+        self.turn.after_commit(lambda: self._post_process(source_id, path, conv))
 
-    def job_lost(self, job: Job, reason: str, output_tail: str) -> None:
+    def job_lost(self, job: Job, reason: str, output_tail: str, charge: bool = True) -> None:
         source_id, path = job.data["source_id"], os.fsdecode(job.data["path"])
         conv = self.converter(job.data["converter"])
         if conv is None:
             self.in_flight.discard(path)
+            return
+        if not charge:
+            log.info("converter worker stopped while on %s (%s); it goes first again", path, reason)
+            self.waiting.appendleft(Pending(source_id, path, conv.name))
             return
         crashes = self.queue.record_crash(source_id, readable(reason))
         log.warning(
@@ -293,8 +279,8 @@ class Conversions:
             shutil.move(source, target)  # another file system
         fsync_dir(folder)
         log.warning("%s -> %s: %s", path, target, details.get("error") or details.get("message"))
-        self.station.publish(
-            "file.failed",
+        self.publish(
+            EventTopic.FILE_FAILED,
             {
                 "path": path,
                 "error_folder": str(folder),
@@ -304,9 +290,11 @@ class Conversions:
         return str(target)
 
     def _post_process(self, source_id: int, path: str, conv: ConverterSettings) -> None:
+        """Runs after the reports' commit; marking the file done waits for the next commit,
+        after the folder it moved to is synced."""
         self.in_flight.discard(path)
         try:
-            final = post_action(Path(path), conv)
+            final = post_action(Path(path), conv, self.turn.sync_dir)
         except OSError as error:
             log.error(
                 "post action %r failed for %s: %s (the reports are safe in the queue)",
@@ -316,12 +304,17 @@ class Conversions:
             )
             return
         crash_point("after-post-action")
+        self.turn.next_turn(lambda: self._finish_done(source_id, path, conv, final))
+
+    def _finish_done(
+        self, source_id: int, path: str, conv: ConverterSettings, final: str | None
+    ) -> None:
         self.queue.finish_source(
             source_id, state=SourceState.DONE, final_path=final and stored_path(final)
         )
         self.counts["converted"] += 1
-        self.station.publish(
-            "file.done", {"path": path, "action": conv.post_action, "final_path": final}
+        self.publish(
+            EventTopic.FILE_DONE, {"path": path, "action": conv.post_action, "final_path": final}
         )
 
     # -- reporting --------------------------------------------------------------------
@@ -330,7 +323,7 @@ class Conversions:
         return {"waiting": len(self.waiting), "in_flight": len(self.in_flight), **self.counts}
 
     def describe(self) -> list[dict[str, Any]]:
-        described = describe_converters(self.station.config.converters)
+        described = describe_converters(self.config().converters)
         for entry in described:
             entry["waiting"] = sum(p.converter == entry["name"] for p in self.waiting)
         return described
@@ -376,15 +369,18 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def post_action(source: Path, conv: ConverterSettings) -> str | None:
-    """Perform the converter's post action on a converted file; returns where it ended up."""
+def post_action(
+    source: Path, conv: ConverterSettings, sync_dir: Callable[[Path], None] = fsync_dir
+) -> str | None:
+    """Perform the converter's post action on a converted file; returns where it ended up.
+    ``sync_dir`` makes a folder's change durable (at once, or once per loop pass)."""
     if conv.post_action == "keep":
         return str(source)
     if not source.exists() and not source.is_symlink():
         return None  # already done before a crash; nothing left to do
     if conv.post_action == "delete":
         source.unlink()
-        fsync_dir(source.parent)
+        sync_dir(source.parent)
         return None
     done = Path(conv.done_folder)
     done.mkdir(parents=True, exist_ok=True)
@@ -395,7 +391,7 @@ def post_action(source: Path, conv: ConverterSettings) -> str | None:
         os.rename(source, target)
     except OSError:
         shutil.move(source, target)
-    fsync_dir(done)
+    sync_dir(done)
     return str(target)
 
 

@@ -22,7 +22,8 @@ import sqlite3
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -193,6 +194,8 @@ class ReportQueue:
         """Open the queue file, creating it or migrating a v1 file; QueueError if it is unusable."""
         self.path = Path(path)
         self._now = now
+        self._grouping = False
+        self._group: Any = None
         layout = _inspect(self.path)
         self._db = peewee.SqliteDatabase(str(self.path), pragmas=PRAGMAS, timeout=BUSY_TIMEOUT_S)
         try:
@@ -223,7 +226,35 @@ class ReportQueue:
     def _write(self) -> Any:
         # IMMEDIATE takes the write lock up front, so busy_timeout applies; a DEFERRED
         # transaction that reads and then writes can fail with SQLITE_BUSY at once.
+        if self._grouping and self._group is None:
+            self._group = self._db.atomic("IMMEDIATE")
+            self._group.__enter__()
+        # Inside a group this is a savepoint: the write is still all or nothing on its own.
         return self._db.atomic("IMMEDIATE")
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Make every write inside one transaction, committed (one fsync) when the block ends.
+
+        The transaction begins at the first write, so a group that writes nothing costs
+        nothing. A durable answer for any write inside may only be given after the block."""
+        if self._grouping:
+            raise QueueError("queue write groups do not nest")
+        self._grouping = True
+        try:
+            yield
+        except BaseException as error:
+            group, self._group = self._group, None
+            if group is not None:
+                group.__exit__(type(error), error, error.__traceback__)
+            raise
+        else:
+            group, self._group = self._group, None
+            if group is not None:
+                group.__exit__(None, None, None)
+        finally:
+            self._grouping = False
+            self._group = None
 
     def _create(self) -> None:
         with self._write():

@@ -20,15 +20,17 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
+from wats_station.ipc.contract import EventTopic, WorkerKind
 from wats_station.ipc.protocol import JobKind, UploadOutcome
 from wats_station.ipc.states import ServerState
+from wats_station.supervisor.config import Config, UploadSettings
+from wats_station.supervisor.fleet import Fleet
+from wats_station.supervisor.process import Job
+from wats_station.supervisor.queue import ReportQueue
 from wats_station.workers.crashpoints import crash_point
-
-if TYPE_CHECKING:
-    from wats_station.supervisor.process import Job
-    from wats_station.supervisor.service import Station
 
 log = logging.getLogger("wats-station")
 
@@ -43,8 +45,17 @@ def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
 
 
 class Uploads:
-    def __init__(self, station: Station) -> None:
-        self.station = station
+    def __init__(
+        self,
+        queue: ReportQueue,
+        config: Callable[[], Config],
+        fleet: Fleet,
+        publish: Callable[[str, dict[str, Any]], None],
+    ) -> None:
+        self.queue = queue
+        self.config = config
+        self.fleet = fleet
+        self.publish = publish
         self.server_state = ServerState.UNKNOWN
         self.server_detail = ""
         self.paused_until = 0.0  # monotonic; 429 slows the whole queue
@@ -56,8 +67,8 @@ class Uploads:
         self._rng = random.Random()
 
     @property
-    def settings(self) -> Any:
-        return self.station.config.upload
+    def settings(self) -> UploadSettings:
+        return self.config().upload
 
     def wake(self) -> None:
         self._next_check = 0.0
@@ -71,7 +82,7 @@ class Uploads:
 
     def next_wake(self, now: float) -> float:
         """When the loop must tick for us at the latest; answers from workers tick it anyway."""
-        if not self.station.idle_workers("uploader"):
+        if not self.fleet.idle(WorkerKind.UPLOADER):
             return now + RECHECK_S
         if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
             return now + RECHECK_S if self.probe_in_flight else self.next_probe_at
@@ -89,7 +100,7 @@ class Uploads:
 
     def _purge(self, now: float) -> None:
         self._next_purge = now + PURGE_INTERVAL_S
-        removed = self.station.queue.purge_completed(self.settings.completed_retention_days * 86400)
+        removed = self.queue.purge_completed(self.settings.completed_retention_days * 86400)
         if removed:
             log.info(
                 "purged %d completed report(s) older than %g days",
@@ -98,8 +109,8 @@ class Uploads:
             )
 
     def _dispatch(self, now: float) -> None:
-        queue = self.station.queue
-        for worker in self.station.idle_workers("uploader"):
+        queue = self.queue
+        for worker in self.fleet.idle(WorkerKind.UPLOADER):
             claimed = queue.claim_due(worker.idle_slots)
             for report in claimed:
                 data = {
@@ -107,7 +118,7 @@ class Uploads:
                     "payload": report.payload,
                     "attempts": report.attempts,
                 }
-                if self.station.dispatch(worker, JobKind.UPLOAD, data, None) is None:
+                if self.fleet.dispatch(worker, JobKind.UPLOAD, data, None) is None:
                     queue.release([report.id])
         # Sleep until the next retry is due. New reports wake us at once; looking again at
         # least every second also covers rows changed behind our back (queue retry, say).
@@ -118,8 +129,8 @@ class Uploads:
     def _probe_if_due(self, now: float) -> None:
         if self.probe_in_flight or now < self.next_probe_at:
             return
-        for worker in self.station.idle_workers("uploader"):
-            if self.station.dispatch(worker, JobKind.PROBE, {}, None) is not None:
+        for worker in self.fleet.idle(WorkerKind.UPLOADER):
+            if self.fleet.dispatch(worker, JobKind.PROBE, {}, None) is not None:
                 self.probe_in_flight = True
                 return
 
@@ -138,18 +149,18 @@ class Uploads:
         data = body["data"]
         outcome = UploadOutcome(data["outcome"])
         status, message = data.get("http_status"), data.get("message") or ""
-        queue = self.station.queue
+        queue = self.queue
         if outcome is UploadOutcome.ACCEPTED:
             crash_point("before-report-completed")
             queue.complete(report_id, status or 200)
             self._set_server(ServerState.ONLINE, "")
-            self.station.publish("report.completed", {"id": report_id, "http_status": status})
+            self.publish(EventTopic.REPORT_COMPLETED, {"id": report_id, "http_status": status})
         elif outcome is UploadOutcome.REJECTED:
             queue.fail(report_id, error=message, http_status=status)
             self._set_server(ServerState.ONLINE, "")
             log.warning("report %s rejected by the server (%s): %s", report_id, status, message)
-            self.station.publish(
-                "report.failed", {"id": report_id, "http_status": status, "error": message}
+            self.publish(
+                EventTopic.REPORT_FAILED, {"id": report_id, "http_status": status, "error": message}
             )
         elif outcome is UploadOutcome.UNAUTHORIZED:
             queue.release([report_id])
@@ -178,13 +189,13 @@ class Uploads:
         self, report_id: str, job: Job, error: str, status: int | None, *, count_attempt: bool
     ) -> None:
         attempts = int(job.data.get("attempts", 0)) + 1
-        queue = self.station.queue
+        queue = self.queue
         if attempts >= self.settings.max_retry_attempts:
             queue.fail(
                 report_id, error=f"{error} (gave up after {attempts} attempts)", http_status=status
             )
-            self.station.publish(
-                "report.failed", {"id": report_id, "http_status": status, "error": error}
+            self.publish(
+                EventTopic.REPORT_FAILED, {"id": report_id, "http_status": status, "error": error}
             )
             return
         delay = backoff(attempts, self.settings.retry_base_s, self.settings.retry_cap_s, self._rng)
@@ -197,7 +208,7 @@ class Uploads:
         if job.kind == JobKind.PROBE:
             self.probe_in_flight = False
             return
-        self.station.queue.release([job.data["report_id"]])
+        self.queue.release([job.data["report_id"]])
         self.wake()
 
     def _probe_done(self, body: dict[str, Any]) -> None:
@@ -207,7 +218,7 @@ class Uploads:
         if outcome == UploadOutcome.ACCEPTED:
             log.info(
                 "server %s answers again (version %s)",
-                self.station.config.server.url,
+                self.config().server.url,
                 data.get("message"),
             )
             self.probe_failures = 0
@@ -237,7 +248,7 @@ class Uploads:
             return
         old, self.server_state, self.server_detail = self.server_state, state, detail
         level = logging.INFO if state is ServerState.ONLINE else logging.WARNING
-        log.log(level, "server %s: %s -> %s %s", self.station.config.server.url, old, state, detail)
-        self.station.publish(
-            "server.state", {"state": str(state), "from": str(old), "detail": detail}
+        log.log(level, "server %s: %s -> %s %s", self.config().server.url, old, state, detail)
+        self.publish(
+            EventTopic.SERVER_STATE, {"state": str(state), "from": str(old), "detail": detail}
         )

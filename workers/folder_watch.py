@@ -31,9 +31,16 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
+
+# watchdog holds every IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and every event
+# behind it waits too. Moving a converted file to Done/ (inside the watched folder, but not
+# watched) made the next file dropped within 0.5 s wait that long. Events are only hints here
+# (the stat decides), so unpaired moves cost nothing: they pass at once.
+InotifyMoveEventGrouper.delay = 0.0
 
 TEMPORARY_NAME_PATTERNS = (
     "*.tmp",
@@ -134,6 +141,16 @@ def _symlink_rejection(path: Path) -> str:
     if target.is_relative_to(folder):
         return f"symlink to {target}: symlinks are not followed"
     return f"symlink to {target}, outside the watch folder {folder}: symlinks are not followed"
+
+
+def _rejection(path: Path, mode: int) -> str | None:
+    """Why a file that is not a regular file is never read (reported once, then moved away)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return _symlink_rejection(path)
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{kind}, not a regular file: it is not read"
 
 
 class FolderWatcher:
@@ -340,12 +357,12 @@ class FolderWatcher:
         self, path: Path, spec: WatchSpec, st: os.stat_result | None, now: float
     ) -> _Candidate | None:
         """Record what a stat showed; a changed size or mtime starts the debounce again."""
-        if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        if st is None or stat.S_ISDIR(st.st_mode):
             self._tracked.pop(path, None)
             return None
         candidate = self._tracked.get(path)
         if candidate is None or candidate.signature != (st.st_size, st.st_mtime_ns):
-            rejection = _symlink_rejection(path) if stat.S_ISLNK(st.st_mode) else None
+            rejection = _rejection(path, st.st_mode)
             candidate = _Candidate(spec.converter, st.st_size, st.st_mtime_ns, now, rejection)
             self._tracked[path] = candidate
         return candidate

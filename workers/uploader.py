@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 
+from wats_station.ipc.contract import WorkerKind
 from wats_station.ipc.protocol import JobKind, UploadOutcome
 from wats_station.workers.base import JobError, Worker, run_worker
 from wats_station.workers.crashpoints import crash_point
@@ -57,7 +58,7 @@ def retry_after(response: requests.Response) -> float | None:
 
 
 class UploaderWorker(Worker):
-    kind = "uploader"
+    kind = WorkerKind.UPLOADER
 
     def configure(self, settings: dict[str, Any]) -> None:
         self.server = settings["server"]

@@ -1,0 +1,103 @@
+"""One pass of the supervisor's loop and what must wait for its commit (group commit).
+
+Every queue write of a pass goes into one transaction (``ReportQueue.group``): one fsync per
+pass instead of one per file. Whatever may only happen once those writes are durable waits in
+the Turn until the commit: answering a client, publishing an event, moving a converted file
+to Done, a crash point that promises "committed". Directories touched by those moves are
+fsynced once each, and writes that must follow a move (marking the file done) go into the next
+pass's transaction, after the moves are on disk.
+
+Outside a pass (start-up recovery) every action runs at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from wats_station.supervisor.queue import ReportQueue
+
+log = logging.getLogger("wats-station")
+
+Action = Callable[[], None]
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Turn:
+    def __init__(self, queue: ReportQueue) -> None:
+        self.queue = queue
+        self.open = False
+        self._after: list[Action] = []
+        self._next: list[Action] = []
+        self._dirs: set[Path] = set()
+        self._syncing = False
+
+    @property
+    def has_next(self) -> bool:
+        """Writes are waiting for the next pass: the loop must not sleep."""
+        return bool(self._next)
+
+    def after_commit(self, action: Action) -> None:
+        if self.open:
+            self._after.append(action)
+        else:
+            action()
+
+    def next_turn(self, action: Action) -> None:
+        """Run ``action`` (a queue write) in the next pass, after this pass's moves are synced."""
+        if self.open or self._syncing:
+            self._next.append(action)
+        else:
+            action()
+
+    def sync_dir(self, folder: Path) -> None:
+        if self.open or self._syncing:
+            self._dirs.add(folder)
+        else:
+            fsync_dir(folder)
+
+    @contextmanager
+    def run(self) -> Iterator[None]:
+        """One pass: the writes inside (and those left for it) commit together; then the
+        actions that waited for the commit run, and the touched folders are synced once."""
+        pending, self._next = self._next, []
+        self.open = True
+        committed = False
+        try:
+            with self.queue.group():
+                for action in pending:
+                    action()
+                yield
+            committed = True
+        finally:
+            self.open = False
+            after, self._after = self._after, []
+            if committed:
+                self._finish(after)
+
+    def _finish(self, after: list[Action]) -> None:
+        self._syncing = True
+        try:
+            for action in after:
+                try:
+                    action()
+                except Exception:
+                    log.exception("an action after the commit failed")
+            dirs, self._dirs = self._dirs, set()
+            for folder in dirs:
+                try:
+                    fsync_dir(folder)
+                except OSError as error:
+                    log.error("cannot sync folder %s: %s", folder, error)
+        finally:
+            self._syncing = False
