@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from wats_station.ipc.protocol import JobKind
 from wats_station.ipc.states import SourceState
+from wats_station.supervisor.atomic import fsync_dir, write_atomically
 from wats_station.supervisor.config import ConverterSettings
 from wats_station.workers.crashpoints import crash_point
 
@@ -83,14 +84,6 @@ def free_name(folder: Path, name: str) -> Path:
         candidate = folder / f"{stem} ({counter}){dot}{suffix}"
         counter += 1
     return candidate
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Conversions:
@@ -365,15 +358,6 @@ def count_files(folder: str, exclude_suffix: str = "") -> int:
         )
     except OSError:
         return 0
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def post_action(source: Path, conv: ConverterSettings) -> str | None:
