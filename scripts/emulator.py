@@ -22,7 +22,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import random
 import signal
 import socket
@@ -39,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+from wats_station.supervisor.atomic import write_atomically
 
 VERSION = "24.1.0-emulator"
 _log = logging.getLogger("wats.emulator")
@@ -435,7 +436,7 @@ class Emulator:
 
     def _store(self, report_id: str, body: bytes) -> None:
         if self._store_dir is not None:
-            self._write_atomically(self._store_dir / f"{report_id}.json", body)
+            write_atomically(self._store_dir / f"{report_id}.json", body)
         with self._lock:
             if report_id in self._stored:
                 self._counts["duplicates"] += 1
@@ -444,16 +445,6 @@ class Emulator:
             self._received.append(report_id)
             if self._store_dir is None:
                 self._in_memory[report_id] = body
-
-    @staticmethod
-    def _write_atomically(path: Path, data: bytes) -> None:
-        # A per-thread temp name lets two uploads of the same id race without sharing a file.
-        temp = path.with_name(f".{path.name}.{threading.get_ident()}.tmp")
-        with open(temp, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
 
     def _read_back(self, raw_id: str) -> Reply:
         report_id = canonical_id(raw_id)

@@ -13,7 +13,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import random
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wats_station.converters.wstf import UUTDefaults, format_wstf, parse_wstf
+from wats_station.supervisor.atomic import write_atomically
 
 PART_NUMBER = "PCBA-100"
 REVISION = "B"
@@ -175,10 +175,7 @@ def _start(unit: int) -> datetime:
 
 def _write_atomically(path: Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-    return path
+    return write_atomically(path, data, mode=0o644, durable=False)
 
 
 def main(argv: list[str] | None = None) -> None:

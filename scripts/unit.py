@@ -12,9 +12,10 @@ import os
 import pwd
 import re
 import sys
-import tempfile
 from importlib.resources import files
 from pathlib import Path
+
+from wats_station.supervisor.atomic import write_atomically
 
 UNIT_NAME = "wats-station@.service"
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
@@ -47,7 +48,7 @@ def install_unit(
         raise UnitInstallError(f"cannot install {UNIT_NAME}: {target_dir} is not a directory")
     path = target_dir / UNIT_NAME
     try:
-        _write_atomically(path, text)
+        write_atomically(path, text.encode(), mode=0o644)  # systemd units are public
     except OSError as error:
         raise UnitInstallError(
             f"cannot write {path}: {error.strerror}; run as root, or choose a writable directory"
@@ -93,22 +94,3 @@ def _user_lines(user: str | None) -> str:
     except KeyError:
         raise ValueError(f"the primary group (gid {gid}) of user {user!r} has no name") from None
     return f"User={user}\nGroup={group}"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes 0600; systemd units are public
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from wats_station.ipc.endpoints import InstancePaths
+from wats_station.supervisor.atomic import write_atomically
 
 SERVER_URL_ENV = "WATS_STATION_SERVER_URL"
 TOKEN_ENV = "WATS_STATION_TOKEN"
@@ -316,11 +317,4 @@ def config_template(
 def write_config_file(path: Path, document: dict[str, Any]) -> None:
     """Write a config atomically and owner-only (0600): it may hold the server token."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(document, indent=2) + "\n").encode())

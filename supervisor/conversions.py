@@ -31,11 +31,12 @@ from typing import Any
 from wats_station.ipc.contract import EventTopic, WorkerKind
 from wats_station.ipc.protocol import JobKind
 from wats_station.ipc.states import SourceState
+from wats_station.supervisor.atomic import fsync_dir, write_atomically
 from wats_station.supervisor.config import Config, ConverterSettings
 from wats_station.supervisor.fleet import Fleet
 from wats_station.supervisor.process import Job
 from wats_station.supervisor.queue import ReportQueue
-from wats_station.supervisor.turn import Turn, fsync_dir
+from wats_station.supervisor.turn import Turn
 from wats_station.workers.crashpoints import crash_point
 
 log = logging.getLogger("wats-station")
@@ -358,15 +359,6 @@ def count_files(folder: str, exclude_suffix: str = "") -> int:
         )
     except OSError:
         return 0
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def post_action(

@@ -13,24 +13,16 @@ Outside a pass (start-up recovery) every action runs at once.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from wats_station.supervisor.atomic import fsync_dir
 from wats_station.supervisor.queue import ReportQueue
 
 log = logging.getLogger("wats-station")
 
 Action = Callable[[], None]
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Turn:

@@ -13,7 +13,7 @@ import json
 import pytest
 
 from wats_station.emulator import Emulator
-from wats_station.lab.harness import wait_until
+from wats_station.lab.harness import FAST_UPLOAD, wait_until
 from wats_station.samples import write_wstf_files
 from wats_station.supervisor.queue import ReportQueue
 from wats_station.workers.crashpoints import POINTS
@@ -36,7 +36,7 @@ def test_a_crash_at_each_point_ends_with_the_file_done_and_its_report_on_the_ser
         station = make_station(
             config={
                 "server": {"url": emulator.url, "token": TOKEN},
-                "upload": {"max_concurrency": 1, "probe_base_s": 0.1, "probe_cap_s": 0.3},
+                "upload": {**FAST_UPLOAD, "max_concurrency": 1},
                 "watch": {"debounce_s": 0.2, "rescan_interval_s": 0.5},
                 "converters": [converter],
             },

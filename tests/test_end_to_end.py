@@ -10,7 +10,7 @@ import requests
 
 from wats_station.converters.wsxf import SERVER_SIDE_KEYS
 from wats_station.emulator import Emulator
-from wats_station.lab.harness import REPO, wait_until
+from wats_station.lab.harness import FAST_UPLOAD, REPO, wait_until
 from wats_station.samples import write_csv_files, write_wsjf_files, write_wstf_files
 
 SAMPLES = REPO / "scripts" / "sample_files"
@@ -35,7 +35,7 @@ def test_a_corpus_dropped_into_the_standard_folders_arrives_once_with_the_right_
             config={
                 "server": {"url": emulator.url, "token": TOKEN},
                 "watch": {"debounce_s": 0.2, "rescan_interval_s": 1.0},
-                "upload": {"probe_base_s": 0.1, "probe_cap_s": 0.3},
+                "upload": FAST_UPLOAD,
                 "supervisor": {"converter_workers": 2},
             }
         )

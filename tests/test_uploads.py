@@ -18,21 +18,11 @@ import uuid
 import pytest
 
 from wats_station.emulator import Emulator
-from wats_station.lab.harness import wait_until
+from wats_station.lab.harness import FAST_UPLOAD, wait_until
 from wats_station.samples import sample_report
 from wats_station.supervisor.queue import ReportQueue
 
 TOKEN = "c3RhdGlvbjpzZWNyZXQ="
-
-FAST_UPLOADS = {
-    "max_concurrency": 1,
-    "retry_base_s": 0.1,
-    "retry_cap_s": 0.4,
-    "probe_base_s": 0.1,
-    "probe_cap_s": 0.3,
-    "connect_timeout_s": 1.0,
-    "read_timeout_s": 2.0,
-}
 
 
 @pytest.fixture
@@ -42,7 +32,10 @@ def emulator():
 
 
 def station_config(emulator: Emulator, token: str = TOKEN, **upload: object) -> dict:
-    return {"server": {"url": emulator.url, "token": token}, "upload": {**FAST_UPLOADS, **upload}}
+    return {
+        "server": {"url": emulator.url, "token": token},
+        "upload": {**FAST_UPLOAD, "max_concurrency": 1, **upload},
+    }
 
 
 def reports(count: int, start: int = 0) -> list[dict]:

@@ -19,7 +19,7 @@ import pytest
 
 from wats_station.converters.wsxf import SERVER_SIDE_KEYS
 from wats_station.emulator import Emulator
-from wats_station.lab.harness import REPO, wait_until
+from wats_station.lab.harness import FAST_UPLOAD, REPO, wait_until
 from wats_station.samples import sample_report, write_wsjf_files, write_wstf_files
 from wats_station.supervisor.conversions import SIDECAR_SUFFIX
 from wats_station.supervisor.queue import ReportQueue
@@ -39,7 +39,7 @@ def config(
 ) -> dict:
     document = {
         "server": {"url": emulator.url, "token": TOKEN},
-        "upload": {"max_concurrency": 1, "probe_base_s": 0.1, "probe_cap_s": 0.3},
+        "upload": {**FAST_UPLOAD, "max_concurrency": 1},
         "watch": {"debounce_s": 0.3, "rescan_interval_s": 1.0},
         **sections,
     }

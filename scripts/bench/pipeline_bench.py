@@ -31,9 +31,6 @@ from typing import Any
 import requests
 
 from wats_station.bench.common import (
-    BenchError,
-    EmulatorProcess,
-    StationProcess,
     cpu_seconds,
     machine_line,
     median,
@@ -46,6 +43,7 @@ from wats_station.bench.common import (
 from wats_station.converters.base import ensure_report_ids
 from wats_station.converters.registry import load_converter_class
 from wats_station.converters.wsjf import validate_report
+from wats_station.lab.harness import EmulatorProcess, HarnessError, ThrowawayStation
 from wats_station.samples import write_wsjf_files, write_wstf_files
 from wats_station.supervisor.config import StationSettings
 
@@ -85,7 +83,7 @@ def staged_files(folder: Path, converter: str, count: int, first: int = 0) -> li
     return WRITERS[converter](staging, count, start_index=first)
 
 
-def cpu_by_kind(station: StationProcess, emulator: EmulatorProcess) -> dict[str, float]:
+def cpu_by_kind(station: ThrowawayStation, emulator: EmulatorProcess) -> dict[str, float]:
     assert emulator.process is not None
     totals = dict.fromkeys(PROCESS_KINDS, 0.0)
     totals["supervisor"] = cpu_seconds(station.pid)
@@ -95,7 +93,7 @@ def cpu_by_kind(station: StationProcess, emulator: EmulatorProcess) -> dict[str,
     return totals
 
 
-def files_counts(station: StationProcess) -> dict[str, int]:
+def files_counts(station: ThrowawayStation) -> dict[str, int]:
     return station.call("get_status")["files"]
 
 
@@ -110,7 +108,7 @@ class Progress:
 
 
 def follow(
-    station: StationProcess,
+    station: ThrowawayStation,
     emulator: EmulatorProcess,
     converter: str,
     count: int,
@@ -121,10 +119,10 @@ def follow(
     deadline = time.monotonic() + 600
     while not (progress.last_converted and progress.last_received):
         if time.monotonic() > deadline:
-            raise BenchError(f"{count} {converter} files not through after 600 s: {progress}")
+            raise HarnessError(f"{count} {converter} files not through after 600 s: {progress}")
         counts = files_counts(station)
         if counts["failed"] != before["failed"]:
-            raise BenchError(f"{counts['failed'] - before['failed']} {converter} files failed")
+            raise HarnessError(f"{counts['failed'] - before['failed']} {converter} files failed")
         converted = counts["converted"] - before["converted"]
         now = time.perf_counter()
         if converted and not progress.first_converted:
@@ -138,7 +136,7 @@ def follow(
 
 
 def station_throughput(
-    station: StationProcess, emulator: EmulatorProcess, converter: str, count: int
+    station: ThrowawayStation, emulator: EmulatorProcess, converter: str, count: int
 ) -> Throughput:
     files = staged_files(station.home, converter, count)
     drop = station.watch_folder(converter)
@@ -153,9 +151,9 @@ def station_throughput(
     progress = follow(station, emulator, converter, count, before)
     cpu_after = cpu_by_kind(station, emulator)
     if sorted(session_pids(station.pid)) != pids_before:
-        raise BenchError("a station process started or ended while files went through")
+        raise HarnessError("a station process started or ended while files went through")
     if emulator.stats()["duplicates"]:
-        raise BenchError(f"the emulator saw duplicates: {emulator.stats()}")
+        raise HarnessError(f"the emulator saw duplicates: {emulator.stats()}")
     conversion_span = progress.last_converted - progress.first_converted
     converted_in_span = count - progress.converted_by_then
     return Throughput(
@@ -188,18 +186,18 @@ def straight_loop(folder: Path, emulator: EmulatorProcess, converter: str, count
                     url, data=body, headers={"Content-Type": "application/json"}, timeout=30
                 )
                 if answer.status_code != 200:
-                    raise BenchError(f"the emulator answered {answer.status_code}: {answer.text}")
+                    raise HarnessError(f"the emulator answered {answer.status_code}: {answer.text}")
             os.rename(path, done / path.name)
         elapsed = time.perf_counter() - started
     if emulator.received() != count:
-        raise BenchError(
+        raise HarnessError(
             f"the straight loop sent {count} reports, the emulator has {emulator.stats()}"
         )
     return count / elapsed
 
 
 def single_drop_latencies_ms(
-    station: StationProcess, emulator: EmulatorProcess, drops: int, gap_s: float, first: int
+    station: ThrowawayStation, emulator: EmulatorProcess, drops: int, gap_s: float, first: int
 ) -> list[float]:
     """Drop one WSJF file at a time, ``gap_s`` after the previous one was uploaded; ms from
     each drop until the station reports its upload accepted, less the debounce."""
@@ -218,14 +216,14 @@ def single_drop_latencies_ms(
             while True:
                 event = events.next(max(0.0, deadline - time.monotonic()))
                 if event is None:
-                    raise BenchError(f"{path.name} was not uploaded within 30 s")
+                    raise HarnessError(f"{path.name} was not uploaded within 30 s")
                 if event.topic == "resync":
-                    raise BenchError("the event stream fell behind; cannot time this drop")
+                    raise HarnessError("the event stream fell behind; cannot time this drop")
                 if event.topic == "report.completed" and event.data["id"] == report_id:
                     break
             latencies.append((time.perf_counter() - started - DEBOUNCE_S) * 1e3)
     if emulator.received() != drops:
-        raise BenchError(f"{drops} single drops, but the emulator has {emulator.stats()}")
+        raise HarnessError(f"{drops} single drops, but the emulator has {emulator.stats()}")
     return latencies
 
 
@@ -281,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     with EmulatorProcess() as emulator:
         for run in range(args.runs):
             for workers in WORKER_COUNTS:
-                with StationProcess(station_config(emulator.url, workers)) as station:
+                with ThrowawayStation(station_config(emulator.url, workers)) as station:
                     for converter in WRITERS:
                         result = station_throughput(station, emulator, converter, args.files)
                         measured[workers, converter].append(result)
@@ -295,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                             rate = straight_loop(station.home, emulator, converter, args.files)
                             straight[converter].append(rate)
                             print(f"run {run + 1}, straight loop, {converter}: {rate:,.0f} files/s")
-        with StationProcess(station_config(emulator.url, None)) as station:
+        with ThrowawayStation(station_config(emulator.url, None)) as station:
             idle = single_drop_latencies_ms(station, emulator, args.drops, IDLE_GAP_S, 0)
             rushed = single_drop_latencies_ms(
                 station, emulator, BACK_TO_BACK_DROPS, 0.0, args.drops

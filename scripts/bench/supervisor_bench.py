@@ -19,9 +19,6 @@ import time
 from collections import defaultdict
 
 from wats_station.bench.common import (
-    BenchError,
-    EmulatorProcess,
-    StationProcess,
     cpu_seconds,
     machine_line,
     median,
@@ -31,9 +28,9 @@ from wats_station.bench.common import (
     session_pids,
     stop_on_sigterm,
     verdict,
-    wait_until,
 )
 from wats_station.ipc.client import EventStream
+from wats_station.lab.harness import EmulatorProcess, HarnessError, ThrowawayStation, wait_until
 
 PINGS = 2_000
 REPLACEMENT_GOAL_S = 0.5
@@ -42,11 +39,11 @@ IDLE_GOAL_PERCENT = 1.0
 SUPERVISOR_RSS_GOAL_MB = 40.0
 
 
-def all_workers_running(station: StationProcess) -> bool:
+def all_workers_running(station: ThrowawayStation) -> bool:
     return all(w["state"] == "running" for w in station.call("list_workers"))
 
 
-def memory_rows(station: StationProcess) -> list[tuple[str, str, str]]:
+def memory_rows(station: ThrowawayStation) -> list[tuple[str, str, str]]:
     supervisor = rss_mb(station.pid)
     rows = [
         (
@@ -64,7 +61,7 @@ def memory_rows(station: StationProcess) -> list[tuple[str, str, str]]:
     return rows
 
 
-def idle_cpu_percent(station: StationProcess, seconds: float) -> tuple[float, float]:
+def idle_cpu_percent(station: ThrowawayStation, seconds: float) -> tuple[float, float]:
     """Percent of one core used by the whole station and by the supervisor alone."""
     pids = session_pids(station.pid)
     before = {pid: cpu_seconds(pid) for pid in pids}
@@ -72,12 +69,12 @@ def idle_cpu_percent(station: StationProcess, seconds: float) -> tuple[float, fl
     time.sleep(seconds)  # the measurement window itself, not a wait for a condition
     elapsed = time.monotonic() - started
     if sorted(session_pids(station.pid)) != sorted(pids):
-        raise BenchError("a station process started or ended during the idle window")
+        raise HarnessError("a station process started or ended during the idle window")
     used = {pid: cpu_seconds(pid) - before[pid] for pid in pids}
     return 100 * sum(used.values()) / elapsed, 100 * used[station.pid] / elapsed
 
 
-def ping_latencies_ms(station: StationProcess, count: int) -> list[float]:
+def ping_latencies_ms(station: ThrowawayStation, count: int) -> list[float]:
     client = station.client()
     latencies = []
     for _ in range(count):
@@ -87,7 +84,7 @@ def ping_latencies_ms(station: StationProcess, count: int) -> list[float]:
     return latencies
 
 
-def wait_stable(station: StationProcess, name: str, stable_s: float) -> int:
+def wait_stable(station: ThrowawayStation, name: str, stable_s: float) -> int:
     """Wait until the worker has run long enough that its next restart is immediate."""
 
     def stable_pid() -> int | None:
@@ -98,7 +95,9 @@ def wait_stable(station: StationProcess, name: str, stable_s: float) -> int:
     return wait_until(stable_pid, stable_s + 30, f"{name} to run {stable_s:g} s", interval=0.1)
 
 
-def replacement_seconds(station: StationProcess, events: EventStream, name: str, pid: int) -> float:
+def replacement_seconds(
+    station: ThrowawayStation, events: EventStream, name: str, pid: int
+) -> float:
     """SIGKILL ``pid`` and time until a new process of worker ``name`` has said hello."""
     started = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
@@ -118,10 +117,10 @@ def replacement_seconds(station: StationProcess, events: EventStream, name: str,
             continue
         if replaced:
             return time.perf_counter() - started
-    raise BenchError(f"{name} was not replaced within 30 s after SIGKILL of pid {pid}")
+    raise HarnessError(f"{name} was not replaced within 30 s after SIGKILL of pid {pid}")
 
 
-def kill_rows(station: StationProcess, runs: int) -> list[tuple[str, str, str]]:
+def kill_rows(station: ThrowawayStation, runs: int) -> list[tuple[str, str, str]]:
     stable_s = station.call("get_config")["supervisor"]["stable_uptime_s"]
     names = sorted(station.worker_pids())
     by_kind: dict[str, list[float]] = defaultdict(list)
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_on_sigterm()
     print(machine_line())
     rows: list[tuple[str, str, str]] = []
-    with EmulatorProcess() as emu, StationProcess({"server": {"url": emu.url}}) as station:
+    with EmulatorProcess() as emu, ThrowawayStation({"server": {"url": emu.url}}) as station:
         wait_until(lambda: all_workers_running(station), 30, "every worker to run", 0.05)
         rows += memory_rows(station)
 

@@ -19,17 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from wats_station.bench.common import (
-    BenchError,
-    EmulatorProcess,
-    StationProcess,
     cpu_seconds,
     machine_line,
     median,
     print_table,
     stop_on_sigterm,
     verdict,
-    wait_until,
 )
+from wats_station.lab.harness import EmulatorProcess, HarnessError, ThrowawayStation, wait_until
 from wats_station.samples import sample_report
 
 CONCURRENCIES = (1, 5)
@@ -50,7 +47,7 @@ class Drain:
     cpu_ms: dict[str, float]  # CPU milliseconds per report, by process
 
 
-def cpu_by_process(station: StationProcess, emulator: EmulatorProcess) -> dict[str, float]:
+def cpu_by_process(station: ThrowawayStation, emulator: EmulatorProcess) -> dict[str, float]:
     pids = {"supervisor": station.pid, "uploader": station.worker_pids()["uploader"]}
     assert emulator.process is not None
     pids["emulator"] = emulator.process.pid
@@ -61,12 +58,12 @@ def drain(emulator: EmulatorProcess, concurrency: int, reports: list[dict[str, A
     """Queue ``reports`` while the emulator is down, then bring it up and time the uploads."""
     emulator.reset()
     emulator.set_faults(down=True)
-    with StationProcess(station_config(emulator.url, concurrency)) as station:
+    with ThrowawayStation(station_config(emulator.url, concurrency)) as station:
         for report in reports:
-            station.call("submit_report", report=report)
+            station.client().call("submit_report", report=report)
         queued = station.call("get_queue_stats")
         if queued["pending"] + queued["processing"] != len(reports):
-            raise BenchError(f"expected {len(reports)} queued reports, the queue has {queued}")
+            raise HarnessError(f"expected {len(reports)} queued reports, the queue has {queued}")
         emulator.set_faults(down=False)
         first_seen = wait_until(emulator.received, 60, "the first upload", POLL_S)
         first_at = time.perf_counter()

@@ -37,14 +37,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import requests
-
 from wats_station.converters.base import derived_report_id
 from wats_station.converters.wstf import format_wstf
-from wats_station.ipc.client import CommandFailed, StationClient, StationUnavailable
-from wats_station.ipc.endpoints import InstancePaths, instance_paths
+from wats_station.ipc.client import CommandFailed, StationUnavailable
+from wats_station.lab.harness import (
+    FAST_UPLOAD,
+    EmulatorProcess,
+    HarnessError,
+    Station,
+    wait_until,
+)
 from wats_station.lab.processes import kill_sessions, session_pids
 from wats_station.samples import sample_report, sample_uut, write_csv_files, write_wstf_files
+from wats_station.supervisor.atomic import write_atomically
 from wats_station.supervisor.conversions import SIDECAR_SUFFIX
 
 TOKEN = "Y2hhb3M6Y2hhb3M="  # base64 of chaos:chaos
@@ -84,7 +89,6 @@ FAULTS_OFF = {
     "drop_rate": 0.0,
     "drop_after_store_rate": 0.0,
 }
-_EMULATOR_BANNER = re.compile(r"listening on (http://\S+) \(admin (http://\S+)\)")
 
 
 @dataclass(frozen=True)
@@ -130,92 +134,25 @@ def process_title(pid: int) -> str:
         return "?"
 
 
-def wait_for(probe: Callable[[], Any], timeout: float, interval: float = 0.05) -> Any:
-    """Poll until ``probe`` returns something truthy or the deadline passes; the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value or time.monotonic() >= deadline:
-            return value
-        time.sleep(interval)
+def within(probe: Callable[[], Any], timeout: float, interval: float = 0.05) -> bool:
+    """Whether ``probe`` returns something truthy before the deadline."""
+    try:
+        wait_until(probe, timeout, interval=interval)
+    except HarnessError:
+        return False
+    return True
 
 
-def _child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WATS_STATION_")}
-    return {**env, "PYTHONUNBUFFERED": "1", **extra}
-
-
-class EmulatorProcess:
-    """``python -m wats_station.emulator`` in a session of its own, driven by its admin port."""
-
-    def __init__(self, folder: Path, seed: int) -> None:
-        self.log_path = folder / "emulator.out"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "wats_station.emulator", "--token", TOKEN, "--seed", str(seed)],
-            cwd=REPO,
-            env=_child_env(),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self._http = requests.Session()
-        banner = wait_for(self._banner, 15)
-        if not banner:
-            self.stop()
-            raise ChaosError(f"the emulator did not start:\n{self.log_path.read_text()[-2000:]}")
-        self.url, self.admin_url = banner.groups()
-
-    def _banner(self) -> re.Match[str] | None:
-        if self.process.poll() is not None:
-            raise ChaosError(f"the emulator exited:\n{self.log_path.read_text()[-2000:]}")
-        return _EMULATOR_BANNER.search(self.log_path.read_text(errors="replace"))
-
-    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        response = self._http.request(method, self.admin_url + path, json=body, timeout=10)
-        if response.status_code != 200:
-            raise ChaosError(f"emulator {method} {path}: {response.status_code} {response.text}")
-        return response.json()
-
-    def stop(self) -> None:
-        self._http.close()
-        kill_sessions({self.process.pid})
-        self.process.wait()
-        self._log.close()
-
-
-class SupervisedStation:
+class SupervisedStation(Station):
     """The station as systemd runs it: a service process that is started again when it dies."""
 
     def __init__(self, home: Path, config: dict[str, Any]) -> None:
-        self.home = home
-        self.paths: InstancePaths = instance_paths(INSTANCE, env={"WATS_STATION_HOME": str(home)})
-        self.paths.config_file.parent.mkdir(parents=True, exist_ok=True)
-        self.paths.config_file.write_text(json.dumps(config, indent=2))
-        self.log_path = home / "service.out"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.sessions: set[int] = set()
+        super().__init__(home, INSTANCE)
+        self.write_config(config)
         self.killed_by_us: set[int] = set()
         self.stopped_by_us: set[int] = set()
         self._restart_at: float | None = None
         self.exits: list[tuple[int, int]] = []  # (pid, returncode) of every incarnation
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "wats_station.cli", "service", "--instance-id", INSTANCE],
-                cwd=REPO,
-                env=_child_env(WATS_STATION_HOME=str(self.home)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.sessions.add(self.process.pid)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def reap(self) -> int | None:
         """The pid of an incarnation that has just died (once), else None."""
@@ -234,19 +171,13 @@ class SupervisedStation:
             self._restart_at = now + delay_s()
         if self.process is None and self._restart_at is not None and now >= self._restart_at:
             self._restart_at = None
-            self.start()
+            self.start(wait=False)
         return dead
 
     def kill9(self) -> None:
         if self.alive():
-            assert self.process is not None
-            self.killed_by_us.add(self.process.pid)
-            self.process.kill()
-            self.process.wait()
-
-    def call(self, command: str, timeout_s: float = 2.0, **args: Any) -> Any:
-        with StationClient(paths=self.paths, timeout_s=timeout_s) as client:
-            return client.call(command, **args)
+            self.killed_by_us.add(self.pid)
+            self.kill()
 
     def running(self) -> bool:
         try:
@@ -254,7 +185,7 @@ class SupervisedStation:
         except (StationUnavailable, CommandFailed):
             return False
 
-    def stop(self, timeout: float) -> int | None:
+    def terminate(self, timeout: float) -> int | None:
         """SIGTERM, as ``systemctl stop``; returns the exit status, None if it hung."""
         if not self.alive():
             return None if self.process is None else self.process.returncode
@@ -265,9 +196,6 @@ class SupervisedStation:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def station_config(home: Path, server_url: str, converter_workers: int) -> dict[str, Any]:
@@ -288,27 +216,17 @@ def station_config(home: Path, server_url: str, converter_workers: int) -> dict[
     return {
         "server": {"url": server_url, "token": TOKEN},
         "upload": {
+            **FAST_UPLOAD,
             "max_concurrency": 4,
-            "retry_base_s": 0.1,
-            "retry_cap_s": 0.4,
-            "probe_base_s": 0.1,
-            "probe_cap_s": 0.3,
-            "connect_timeout_s": 1.0,
-            "read_timeout_s": 2.0,
             # Injected 5xx must never exhaust a report: a failed report would be a loss here.
             "max_retry_attempts": 1000,
         },
         "watch": {"debounce_s": 0.2, "rescan_interval_s": 1.0},
+        # Over FAST_SUPERVISOR: slower heartbeats, as two converters and our kills share 2 cores.
         "supervisor": {
             "converter_workers": converter_workers,
             "heartbeat_interval_s": 0.5,
             "heartbeat_timeout_s": 3.0,
-            "start_timeout_s": 15.0,
-            "restart_base_s": 0.2,
-            "restart_cap_s": 1.0,
-            "stable_uptime_s": 3.0,
-            "stop_timeout_s": 3.0,
-            "kill_timeout_s": 2.0,
         },
         "converters": converters,
     }
@@ -317,18 +235,12 @@ def station_config(home: Path, server_url: str, converter_workers: int) -> dict[
 # -- files ----------------------------------------------------------------------------------
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")  # a hidden name the watcher ignores
-    temporary.write_bytes(data)
-    os.replace(temporary, path)
-
-
 def drop_good(inbox: Path, index: int, converter: str) -> DroppedFile:
     folder = inbox / converter
     if converter == "wsjf":
         report = sample_report(index)
         name = f"wsjf_{index:06d}.json"
-        _write_atomically(folder / name, json.dumps(report, indent=1).encode())
+        write_atomically(folder / name, json.dumps(report, indent=1).encode(), durable=False)
         return DroppedFile(name, converter, None, report["id"])
     writer = write_wstf_files if converter == "wstf" else write_csv_files
     (path,) = writer(folder, 1, start_index=index)
@@ -349,7 +261,7 @@ def drop_poison(inbox: Path, index: int, kind: str, rng: random.Random) -> Dropp
         text = format_wstf(sample_uut(index)).replace("--UUT-End--", "")
         converter, data = "wstf", text.encode("cp1252")
     name = f"poison_{index:06d}_{kind}{CONVERTERS[converter][1:]}"
-    _write_atomically(inbox / converter / name, data)
+    write_atomically(inbox / converter / name, data, durable=False)
     return DroppedFile(name, converter, kind, None)
 
 
@@ -473,7 +385,7 @@ class Chaos:
 
     def _check_orphans(self, pid: int) -> None:
         """Workers must die with their supervisor, whatever killed it."""
-        if wait_for(lambda: not session_pids({pid}), 3.0):
+        if within(lambda: not session_pids({pid}), 3.0):
             return
         self.problems.append(
             f"workers outlived their supervisor (pid {pid}) by 3 s: "
@@ -618,8 +530,7 @@ def report_problems(
 
 
 def process_problems(sessions: set[int]) -> list[str]:
-    left = wait_for(lambda: not session_pids(sessions), 5.0)
-    if left:
+    if within(lambda: not session_pids(sessions), 5.0):
         return []
     return [
         "processes left running after the station stopped: "
@@ -651,14 +562,15 @@ def run_chaos(
     began = time.monotonic()
     for name in CONVERTERS:
         (home / "in" / name).mkdir(parents=True, exist_ok=True)
-    emulator = EmulatorProcess(home, settings.seed)
+    emulator = EmulatorProcess("--token", TOKEN, "--seed", str(settings.seed), folder=home)
+    emulator.__enter__()
     station: SupervisedStation | None = None
     try:
         station = SupervisedStation(
             home, station_config(home, emulator.url, settings.converter_workers)
         )
         station.start()
-        if not wait_for(station.running, 60, 0.1):
+        if not within(station.running, 60, 0.1):
             raise ChaosError(f"the station did not start:\n{station.output()[-3000:]}")
         say(f"chaos: seed {settings.seed}, {settings.files} files over {settings.seconds:g} s "
             f"in {home}")  # fmt: skip
@@ -669,7 +581,7 @@ def run_chaos(
         chaos.all_faults_off()
         say("chaos over: every fault off; draining")
         result = ChaosResult()
-        if not wait_for(chaos.drained, settings.drain_timeout_s, 0.2):
+        if not within(chaos.drained, settings.drain_timeout_s, 0.2):
             result.problems.append(
                 f"not drained within {settings.drain_timeout_s:g} s: {chaos.drain_state()}"
             )
@@ -704,7 +616,7 @@ def stop_problems(station: SupervisedStation) -> list[str]:
             problems.append(f"the supervisor failed to handle {unhandled} worker message(s)")
     except (StationUnavailable, CommandFailed) as error:
         problems.append(f"the station did not answer get_status before stopping: {error}")
-    code = station.stop(timeout=30)
+    code = station.terminate(timeout=30)
     if code is None:
         problems.append("the station did not stop within 30 s of SIGTERM (a hang)")
     elif code != 0:
@@ -814,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(tempfile.mkdtemp(prefix="wsc-", dir="/tmp"))
     try:
         result = run_chaos(settings, home)
-    except ChaosError as error:
+    except (ChaosError, HarnessError) as error:
         print(f"Error: {error}\n(home kept in {home})", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, SystemExit) as stop:
