@@ -145,12 +145,14 @@ class Conversions:
         if conv is None or not conv.enabled:
             return
         fingerprint = (stored_path(path), body["size"], body["mtime_ns"], body["sha256"])
-        record = self.queue.find_source(*fingerprint)
-        kept = record is None and conv.post_action == "keep"
-        if kept and self.queue.find_source(*fingerprint, finished=True) is not None:
+        if (
+            conv.post_action == "keep"
+            and self.queue.find_source(*fingerprint) is None
+            and self.queue.find_source(*fingerprint, finished=True) is not None
+        ):
             return  # kept after an earlier conversion
-        if record is None:
-            record = self.queue.record_source(*fingerprint, conv.name)
+        record = self.queue.record_source(*fingerprint, conv.name)  # or the one it already has
+        if record.state is SourceState.RECORDED:
             self.turn.after_commit(lambda: crash_point("after-file-recorded"))
         if record.state is SourceState.CONVERTED:
             self.in_flight.add(path)

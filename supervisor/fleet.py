@@ -65,10 +65,16 @@ def worker_settings(kind: str, config: Config) -> dict[str, Any]:
     return {}
 
 
+# An uploader is sent twice as many jobs as it has connections: when an upload ends, the next
+# one is already waiting in the uploader, so no upload waits for a round trip to us.
+UPLOAD_JOBS_PER_CONNECTION = 2
+
+
 def capacity(kind: str, config: Config) -> int:
-    return {WorkerKind.UPLOADER: config.upload.max_concurrency, WorkerKind.CONVERTER: 1}.get(
-        WorkerKind(kind), 0
-    )
+    """How many jobs a worker of this kind is given at once."""
+    if kind == WorkerKind.UPLOADER:
+        return UPLOAD_JOBS_PER_CONNECTION * config.upload.max_concurrency
+    return 1 if kind == WorkerKind.CONVERTER else 0
 
 
 class Fleet:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,13 +30,14 @@ from wats_station.ipc.states import ServerState
 from wats_station.supervisor.config import Config, UploadSettings
 from wats_station.supervisor.fleet import Fleet
 from wats_station.supervisor.process import Job
-from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.queue import QueuedReport, ReportQueue
 from wats_station.workers.crashpoints import crash_point
 
 log = logging.getLogger("wats-station")
 
 PURGE_INTERVAL_S = 3600.0
 RECHECK_S = 1.0
+CLAIM_BATCH_PER_SLOT = 2
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -65,6 +67,7 @@ class Uploads:
         self._next_check = 0.0
         self._next_purge = 0.0
         self._rng = random.Random()
+        self._claimed: deque[QueuedReport] = deque()
 
     @property
     def settings(self) -> UploadSettings:
@@ -89,6 +92,8 @@ class Uploads:
         return max(self._next_check, self.paused_until)
 
     def tick(self, now: float) -> None:
+        if self._claimed and not self.fleet.running(WorkerKind.UPLOADER):
+            self._release_claimed()  # no uploader to take them for now
         if now >= self._next_purge:
             self._purge(now)
         if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
@@ -109,22 +114,38 @@ class Uploads:
             )
 
     def _dispatch(self, now: float) -> None:
-        queue = self.queue
         for worker in self.fleet.idle(WorkerKind.UPLOADER):
-            claimed = queue.claim_due(worker.idle_slots)
-            for report in claimed:
+            slots = worker.idle_slots
+            if len(self._claimed) < slots:
+                # Claim a batch ahead: one claim (a window read and an update) then serves
+                # several answers instead of one.
+                wanted = CLAIM_BATCH_PER_SLOT * worker.capacity - len(self._claimed)
+                self._claimed.extend(self.queue.claim_due(wanted))
+            while slots and self._claimed:
+                report = self._claimed.popleft()
                 data = {
                     "report_id": report.id,
                     "payload": report.payload,
                     "attempts": report.attempts,
                 }
                 if self.fleet.dispatch(worker, JobKind.UPLOAD, data, None) is None:
-                    queue.release([report.id])
+                    self._claimed.appendleft(report)
+                    break
+                slots -= 1
+        if self._claimed:
+            self._next_check = now + RECHECK_S  # an answer frees a slot and wakes us
+            return
         # Sleep until the next retry is due. New reports wake us at once; looking again at
         # least every second also covers rows changed behind our back (queue retry, say).
-        due_at = queue.next_due_at()
+        due_at = self.queue.next_due_at()
         wait = RECHECK_S if due_at is None else min(RECHECK_S, max(0.0, due_at - time.time()))
         self._next_check = now + wait
+
+    def _release_claimed(self) -> None:
+        """Claimed ahead but not sent: back to pending, as if never claimed."""
+        if self._claimed:
+            self.queue.release([report.id for report in self._claimed])
+            self._claimed.clear()
 
     def _probe_if_due(self, now: float) -> None:
         if self.probe_in_flight or now < self.next_probe_at:
@@ -167,6 +188,7 @@ class Uploads:
             if self.server_state is not ServerState.UNAUTHORIZED:
                 self._enter_probing(ServerState.UNAUTHORIZED, f"HTTP {status}: {message}")
         elif outcome is UploadOutcome.RATE_LIMITED:
+            self._release_claimed()
             delay = float(data.get("retry_after_s") or self.settings.retry_base_s)
             queue.retry_later(
                 report_id,
@@ -230,6 +252,7 @@ class Uploads:
             self._enter_probing(ServerState.OFFLINE, data.get("message", ""))
 
     def _enter_probing(self, state: ServerState, detail: str) -> None:
+        self._release_claimed()
         self.probe_failures += 1
         if state is ServerState.UNAUTHORIZED:
             delay = self.settings.probe_cap_s  # a person has to fix the token: probe slowly
