@@ -55,7 +55,6 @@ JOB_DATA: dict[JobKind, FieldSpec] = {
         "path": ((bytes,), True),
         "converter": ((str,), True),
         "source_id": ((int,), True),
-        "sha256": ((str,), False),  # the watcher's fingerprint; the converter checks the bytes
     },
     # submit_report's raw request frame: decoding and validating a big report is worker work.
     JobKind.VALIDATE: {"frame": ((bytes,), True)},

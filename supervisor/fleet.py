@@ -65,15 +65,12 @@ def worker_settings(kind: str, config: Config) -> dict[str, Any]:
     return {}
 
 
-# An uploader is sent twice as many jobs as it has connections: when an upload ends, the next
-# one is already waiting in the uploader, so no upload waits for a round trip to us.
-UPLOAD_JOBS_PER_CONNECTION = 2
-
-
 def capacity(kind: str, config: Config) -> int:
-    """How many jobs a worker of this kind is given at once."""
+    """How many jobs a worker of this kind is given at once. (An uploader given more jobs
+    than connections would keep one waiting, saving a round trip per upload, but would
+    then POST it even after a 429 told the whole queue to wait.)"""
     if kind == WorkerKind.UPLOADER:
-        return UPLOAD_JOBS_PER_CONNECTION * config.upload.max_concurrency
+        return config.upload.max_concurrency
     return 1 if kind == WorkerKind.CONVERTER else 0
 
 

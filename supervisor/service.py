@@ -180,7 +180,7 @@ class Station:
                 self.fleet.forgive(now - woke_by)
             self._keep_rhythm(now)
             with self.turn.run():
-                drained = self._serve(poller, now)
+                drained = self._serve(now)
                 self.tick(now, judge=drained)
             if self.state is ServiceState.STOPPING and not self.fleet.any_alive():
                 return 0
@@ -191,7 +191,7 @@ class Station:
             woke_by = now + timeout
             self._ready = dict(poller.poll(timeout * 1000))
 
-    def _serve(self, poller: zmq.Poller, now: float) -> bool:
+    def _serve(self, now: float) -> bool:
         """Everything that arrived, within the turn's budget; False if messages are left."""
         ready = self._ready
         if self._signal_r.fileno() in ready:

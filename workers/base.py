@@ -71,9 +71,10 @@ def parse_worker_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Worker:
-    """Subclasses set ``kind``, may set ``capacity`` (threads) in ``configure``, and implement
-    ``run_job``. Jobs beyond the capacity wait in the pool's queue (the supervisor sends an
-    uploader a few more than it has connections, so the next upload is always at hand).
+    """Subclasses set ``kind``, may set ``capacity`` in ``configure``, and implement ``run_job``.
+
+    The supervisor sends at most as many jobs at once as the capacity it computes from the
+    same settings, so the two agree by construction.
     """
 
     kind: ClassVar[str] = ""
