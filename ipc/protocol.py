@@ -11,6 +11,7 @@ survives the trip.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -180,6 +181,21 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
         raise ProtocolError(ErrorCode.BAD_FIELD, "'body' must be a map", request_id)
     check_body(msg_type, body, request_id)
     return Message(msg_type, body, request_id)
+
+
+def peek_id(frame: bytes) -> Any:
+    """A message's ``id`` read without decoding its body (our encoder writes the id first), so
+    a reply can name the request even when the request is decoded elsewhere; None if unread."""
+    unpacker = msgpack.Unpacker(io.BytesIO(frame), raw=False, read_size=4096)
+    try:
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == "id":
+                value = unpacker.unpack()
+                return value if isinstance(value, (int, str)) else None
+            unpacker.skip()
+    except Exception:  # msgpack raises several unrelated types for bad input
+        return None
+    return None
 
 
 def check_body(msg_type: MsgType, body: dict[str, Any], request_id: Any = None) -> None:

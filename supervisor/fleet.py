@@ -277,6 +277,9 @@ class Fleet:
 
     def _judge(self, worker: WorkerProcess, now: float) -> None:
         settings = self.config.supervisor
+        # Decoding a big report (a validate job) holds the worker's GIL for seconds in C code:
+        # its silence then proves nothing, and the job's deadline guards against a hang.
+        validating = any(job.kind == JobKind.VALIDATE for job in worker.jobs.values())
         if (
             worker.state is WorkerState.STARTING
             and now - worker.spawned_at > settings.start_timeout_s
@@ -285,6 +288,7 @@ class Fleet:
         elif (
             worker.state is WorkerState.RUNNING
             and now - worker.last_seen > settings.heartbeat_timeout_s
+            and not validating
         ):
             worker.kill(f"no heartbeat for {now - worker.last_seen:.1f} s (frozen?)")
         for job in list(worker.jobs.values()):

@@ -36,6 +36,7 @@ from wats_station.ipc.protocol import (
     ProtocolError,
     decode,
     encode,
+    peek_id,
     reply_error,
     reply_ok,
 )
@@ -63,8 +64,10 @@ CONTROL_PER_TURN = 100
 # A turn that began this much later than its poll timeout allowed means the supervisor was
 # away (stopped, starved): that time is forgiven to every worker.
 LATE_S = 0.1
-# Control requests larger than this are decoded and validated by a converter worker.
+# Control requests larger than this are decoded and validated by a converter worker, which
+# may hold its GIL for seconds doing so: such a job is judged by its deadline, not heartbeats.
 INLINE_REQUEST_BYTES = 256 * 1024
+VALIDATE_DEADLINE_S = 300.0
 DROP_LOG_INTERVAL_S = 5.0
 STATUS_INTERVAL_S = 1.0
 
@@ -421,31 +424,32 @@ class Station:
         """Hand a big request to a converter worker to decode and validate; False if none
         is free, and then the loop decodes it itself rather than make the client wait."""
         for worker in self.fleet.idle(WorkerKind.CONVERTER):
-            job = self.fleet.dispatch(worker, JobKind.VALIDATE, {"frame": frame}, None)
+            job = self.fleet.dispatch(
+                worker, JobKind.VALIDATE, {"frame": frame}, VALIDATE_DEADLINE_S
+            )
             if job is not None:
-                self._submits[job.job_id] = (envelope, None)
+                self._submits[job.job_id] = (envelope, peek_id(frame))
                 return True
         return False
 
     def _submit_validated(self, job: Job, body: dict[str, Any]) -> None:
-        envelope, _ = self._submits.pop(job.job_id, (None, None))
+        envelope, request_id = self._submits.pop(job.job_id, (None, None))
         if envelope is None:
             return
         if not body["ok"]:
             error = body.get("error") or {}
             code = error.get("code") or ErrorCode.INTERNAL
-            self._reply(envelope, reply_error(error.get("request_id"), code, error["message"]))
+            self._reply(envelope, reply_error(request_id, code, error["message"]))
             return
-        data = body["data"]
-        (report,) = data["reports"]
+        (report,) = body["data"]["reports"]
         self.submit(report["id"], report["json"])
         result = {"id": report["id"], "state": str(ReportState.PENDING)}
-        self._reply(envelope, reply_ok(data.get("request_id"), result))
+        self._reply(envelope, reply_ok(request_id, result))
 
     def _submit_failed(self, job_id: str, code: ErrorCode, message: str) -> None:
-        envelope, _ = self._submits.pop(job_id, (None, None))
+        envelope, request_id = self._submits.pop(job_id, (None, None))
         if envelope is not None:
-            self._reply(envelope, reply_error(None, code, message))
+            self._reply(envelope, reply_error(request_id, code, message))
 
     # -- control and events -----------------------------------------------------------
 

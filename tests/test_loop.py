@@ -18,6 +18,7 @@ import pytest
 
 from wats_station.emulator import Emulator
 from wats_station.ipc.client import CommandFailed, EventStream
+from wats_station.ipc.protocol import Message, MsgType, encode, peek_id
 from wats_station.lab.harness import FAST_UPLOAD, wait_until
 from wats_station.samples import sample_report, write_wsjf_files
 from wats_station.supervisor.queue import QueueError, ReportQueue
@@ -80,6 +81,14 @@ def test_a_dropped_file_is_read_only_if_it_is_a_regular_file_within_the_limit(tm
             fingerprint(path, 1024)
     with pytest.raises(NotReadable, match="larger than the limit"):
         read_dropped(regular, 1)
+
+
+@pytest.mark.timeout(10)
+def test_a_request_id_is_read_without_decoding_the_body():
+    big = {"report": {"steps": [{"n": i} for i in range(100_000)]}}
+    frame = encode(Message(MsgType.REQUEST, {"command": "submit_report", "args": big}, 42))
+    assert peek_id(frame) == 42
+    assert peek_id(b"\xc1 not msgpack") is None
 
 
 # -- group commit --------------------------------------------------------------------------

@@ -121,8 +121,7 @@ class Watchdog(threading.Thread):
 def big_report(megabytes: float) -> dict[str, Any]:
     report = sample_report(1_000_000)
     steps = report["root"]["steps"]
-    while len(json.dumps(report)) < megabytes * 1e6:
-        report["root"]["steps"] = steps = steps + steps
+    report["root"]["steps"] = steps * (int(megabytes * 1e6 / len(json.dumps(steps))) + 1)
     return report
 
 
