@@ -60,7 +60,7 @@ log = logging.getLogger("wats-station")
 # systemd watchdog are served at least this often whatever arrives.
 TURN_BUDGET_S = 0.02
 WORKER_MESSAGES_PER_TURN = 500
-CONTROL_PER_TURN = 100
+CONTROL_PER_TURN = 32
 # A turn that began this much later than its poll timeout allowed means the supervisor was
 # away (stopped, starved): that time is forgiven to every worker.
 LATE_S = 0.1
@@ -202,9 +202,8 @@ class Station:
         for fd in ready:
             if isinstance(fd, int) and fd != self._signal_r.fileno():
                 self.fleet.serve_fd(fd, now, self._log_worker_line)
-        budget_end = time.monotonic() + TURN_BUDGET_S
-        drained = self._serve_workers(budget_end)
-        self._serve_control(budget_end + TURN_BUDGET_S / 2)
+        drained = self._serve_workers(time.monotonic() + TURN_BUDGET_S)
+        self._serve_control(time.monotonic() + TURN_BUDGET_S / 2)
         return drained
 
     def _sync_poller(self, poller: zmq.Poller, registered: set[int]) -> set[int]:
@@ -481,7 +480,7 @@ class Station:
 
     def _reply(self, envelope: list[bytes], reply: Message) -> None:
         """Answer a client once the turn's writes are committed: an answer is a promise."""
-        self.turn.after_commit(lambda: send(self.control_socket, reply, envelope))
+        self.turn.after_commit(lambda: send(self.control_socket, reply, envelope), first=True)
 
     def _serve_control(self, budget_end: float) -> None:
         for _ in range(CONTROL_PER_TURN):

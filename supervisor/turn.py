@@ -29,6 +29,7 @@ class Turn:
     def __init__(self, queue: ReportQueue) -> None:
         self.queue = queue
         self.open = False
+        self._first: list[Action] = []
         self._after: list[Action] = []
         self._next: list[Action] = []
         self._dirs: set[Path] = set()
@@ -39,11 +40,15 @@ class Turn:
         """Writes are waiting for the next pass: the loop must not sleep."""
         return bool(self._next)
 
-    def after_commit(self, action: Action) -> None:
-        if self.open:
-            self._after.append(action)
-        else:
+    def after_commit(self, action: Action, *, first: bool = False) -> None:
+        """Run ``action`` once this pass's writes are committed; ``first`` (answers to clients)
+        before the slower rest (moving files)."""
+        if not self.open:
             action()
+        elif first:
+            self._first.append(action)
+        else:
+            self._after.append(action)
 
     def next_turn(self, action: Action) -> None:
         """Run ``action`` (a queue write) in the next pass, after this pass's moves are synced."""
@@ -73,7 +78,7 @@ class Turn:
             committed = True
         finally:
             self.open = False
-            after, self._after = self._after, []
+            after, self._first, self._after = self._first + self._after, [], []
             if committed:
                 self._finish(after)
 
