@@ -69,6 +69,7 @@ LATE_S = 0.1
 INLINE_REQUEST_BYTES = 256 * 1024
 VALIDATE_DEADLINE_S = 300.0
 DROP_LOG_INTERVAL_S = 5.0
+SLOW_TURN_S = 0.25
 STATUS_INTERVAL_S = 1.0
 
 
@@ -97,6 +98,7 @@ class Station:
         self._stop_requested = False
         self._drops_logged_at = 0.0
         self._drops_unlogged = 0
+        self._slow_logged_at = 0.0
         self._submits: dict[str, tuple[list[bytes], Any]] = {}  # validate job -> who asked
         self._lock: InstanceLock | None = None
         self._context: zmq.Context | None = None
@@ -185,6 +187,8 @@ class Station:
             with self.turn.run():
                 drained = self._serve(now)
                 self.tick(now, judge=drained)
+                served = time.monotonic()
+            self._note_slow_turn(now, served)
             if self.state is ServiceState.STOPPING and not self.fleet.any_alive():
                 return 0
             registered = self._sync_poller(poller, registered)
@@ -193,6 +197,19 @@ class Station:
             timeout = 0.0 if busy else self._poll_timeout(now)
             woke_by = now + timeout
             self._ready = dict(poller.poll(timeout * 1000))
+
+    def _note_slow_turn(self, began: float, served: float) -> None:
+        """Say when a turn overran, and where: reading and handling, or committing and what
+        followed the commit (a slow disk shows here)."""
+        ended = time.monotonic()
+        if ended - began > SLOW_TURN_S and ended - self._slow_logged_at > DROP_LOG_INTERVAL_S:
+            self._slow_logged_at = ended
+            log.warning(
+                "a loop turn took %.0f ms: %.0f ms handling, %.0f ms committing and after",
+                1e3 * (ended - began),
+                1e3 * (served - began),
+                1e3 * (ended - served),
+            )
 
     def _serve(self, now: float) -> bool:
         """Everything that arrived, within the turn's budget; False if messages are left."""
