@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
             charged = crashes(station)
             stats = emulator.stats()
             log_lines = station.output().count("\n")
+            warnings = [line for line in station.output().splitlines() if "WARNING" in line]
+            print("station warnings:", *warnings, sep="\n  ")
             if replaced:
                 why = [line for line in station.output().splitlines() if " -> backoff" in line]
                 print("restarts:", *why, sep="\n  ")
