@@ -189,7 +189,8 @@ class Station:
                 self.tick(now, judge=drained)
                 served = time.monotonic()
             self._note_slow_turn(now, served)
-            if self.state is ServiceState.STOPPING and not self.fleet.any_alive():
+            stopped = self.state is ServiceState.STOPPING and not self.fleet.any_alive()
+            if stopped and not self.turn.has_next:  # files moved are marked done first
                 return 0
             registered = self._sync_poller(poller, registered)
             now = time.monotonic()
