@@ -153,7 +153,7 @@ class Conversions:
             return  # kept after an earlier conversion
         record = self.queue.record_source(*fingerprint, conv.name)  # or the one it already has
         if record.state is SourceState.RECORDED:
-            self.turn.after_commit(lambda: crash_point("after-file-recorded"))
+            self.turn.after_commit(lambda: crash_point("after-file-recorded"), first=True)
         if record.state is SourceState.CONVERTED:
             self.in_flight.add(path)
             self.turn.after_commit(lambda: self._post_process(record.id, path, conv))
@@ -208,7 +208,7 @@ class Conversions:
         self.reports_queued()
         for report in reports:
             self.publish(EventTopic.REPORT_QUEUED, {"id": report["id"], "source": path})
-        self.turn.after_commit(lambda: crash_point("after-report-committed"))
+        self.turn.after_commit(lambda: crash_point("after-report-committed"), first=True)
         self.turn.after_commit(lambda: self._post_process(source_id, path, conv))
 
     def job_lost(self, job: Job, reason: str, output_tail: str, charge: bool = True) -> None:

@@ -85,6 +85,7 @@ class Fleet:
         max_message_bytes: int,
         publish: Callable[[str, dict[str, Any]], None],
         job_lost: JobLost,
+        after_commit: Callable[[Callable[[], None]], None],
     ) -> None:
         self.paths = paths
         self.config = config
@@ -93,6 +94,7 @@ class Fleet:
         self.max_message_bytes = max_message_bytes
         self.publish = publish
         self.job_lost = job_lost
+        self.after_commit = after_commit
         self.workers: dict[str, WorkerProcess] = {}
         self.by_identity: dict[bytes, WorkerProcess] = {}
         self.stopping = False
@@ -207,9 +209,13 @@ class Fleet:
             now,
             now + deadline_s if deadline_s else None,
         )
-        body = {"job_id": job.job_id, "kind": job.kind, "data": data}
-        if not self.send(worker, Message(MsgType.JOB, body)):
+        if worker.identity is None:
             return None
+        message = Message(MsgType.JOB, {"job_id": job.job_id, "kind": job.kind, "data": data})
+        # A job goes out once the turn's writes are committed: a report is never POSTed, nor a
+        # file converted, on the strength of a record that a crash could still undo. If the
+        # worker is gone by then, its exit hands the job back (job_lost).
+        self.after_commit(lambda: self.send(worker, message))
         worker.jobs[job.job_id] = job
         return job
 

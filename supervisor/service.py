@@ -138,6 +138,7 @@ class Station:
             max_message_bytes=self.max_message_bytes,
             publish=self.publish,
             job_lost=self._job_lost,
+            after_commit=lambda action: self.turn.after_commit(action, first=True),
         )
         self.uploads = Uploads(self.queue, lambda: self.config, self.fleet, self.publish)
         # Recovers unfinished files: needs the events socket.
