@@ -119,8 +119,8 @@ def test_station_name_argument_is_the_last_fallback(tmp_path: Path) -> None:
 
 
 def test_unknown_argument_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"unknown argument.*cultureCode"):
-        WSTFConverter(cultureCode="nb-NO")
+    with pytest.raises(ValueError, match=r"unknown argument.*colour"):
+        WSTFConverter(colour="blue")
 
 
 def test_other_header_keys_become_misc_infos_in_order(tmp_path: Path) -> None:
@@ -236,17 +236,22 @@ def test_nested_sequences_propagate_failure(tmp_path: Path) -> None:
     assert report["result"] == "F"
 
 
-def test_sequence_status_given_in_the_file_is_kept(tmp_path: Path) -> None:
+def test_a_failing_step_fails_a_sequence_given_as_passed(tmp_path: Path) -> None:
+    # Virinco's "Active" mode: a failure ripples up through a status the SequenceCall line gave.
     steps = (
         "SequenceCall\tPower\t\t\t\t\t\t\tPassed\n"
         "NumericLimitTest\tVCC\t\t9.0\t4.9\t5.1\tGELE\tV\n"
         "EndSequenceCall\tPower\n"
+        "SequenceCall\tFan\t\t\t\t\t\t\tPassed\n"
+        "NumericLimitTest\tRPM\t\t9.0\t4.9\t5.1\tGELE\t\n"
+        "EndSequenceCall\tFan\t\t\t\t\t\t\tSkipped\n"
     )
 
     [report] = convert(tmp_path, wstf(steps))
 
-    assert steps_of(report)[0]["status"] == "P"
-    assert steps_of(report)[0]["steps"][0]["status"] == "F"
+    power, fan = steps_of(report)
+    assert (power["status"], power["steps"][0]["status"]) == ("F", "F")
+    assert fan["status"] == "S"  # the EndSequenceCall line's status is final
 
 
 def test_multiple_numeric_lines_make_one_step_per_run(tmp_path: Path) -> None:
@@ -450,14 +455,14 @@ def test_undecodable_byte_is_reported_with_its_line(tmp_path: Path) -> None:
         WSTFConverter().convert(path)
 
 
-def test_incomplete_file_is_refused(tmp_path: Path) -> None:
+def test_a_uut_without_its_end_marker_is_converted_as_virinco_does(tmp_path: Path) -> None:
     text = wstf() + wstf("NumericLimitTest\tVCC\t\t5.0\t4.9\t5.1\tGELE\tV\n")
     truncated = text[: text.rindex("--Step-Data-End--")]
 
-    message = conversion_error(tmp_path, truncated)
+    first, second = convert(tmp_path, truncated)
 
-    assert "missing --UUT-End-- (file incomplete?)" in message
-    assert "starts on line 9" in message
+    assert steps_of(first) == []
+    assert steps_of(second)[0]["numericMeas"][0]["value"] == 5.0
 
 
 VCC = "NumericLimitTest\tVCC\t\t"
@@ -471,16 +476,14 @@ VCC = "NumericLimitTest\tVCC\t\t"
         (VCC + "5\t\t\tGE\n", "line 7: column LowLimit: compare operator GE needs a limit"),
         (VCC + "5\t4.9\t\tGELE\n", "line 7: column HighLimit: compare operator GELE needs"),
         ("Wait\tDelay\n", "line 7: column StepType: unknown step type 'Wait'"),
-        ("NumericLimitTest\t\t\t5\n", "line 7: column StepName: a NumericLimitTest needs a"),
+        ("NumericLimitTest\t\t\t5\n", "line 7: column StepName: a NumericLimitTest that starts"),
         ("PassFailTest\tSelf\t\tmaybe\n", "line 7: column Value: a PassFailTest needs a Status"),
         ("PassFailTest\tSelf\t\tTrue\t\t\t\t\tGreat\n", "line 7: column Status: 'Great' is not"),
         ("MultipleNumericLimitTest\tRails\t\t3.3\n", "line 7: column MeasureName"),
         ("EndSequenceCall\n", "line 7: EndSequenceCall without an open SequenceCall"),
-        ("SequenceCall\tPower\n", "line 8: SequenceCall 'Power' opened on line 7 has no End"),
-        (
-            "ActionStep\tOff" + "\t" * 10 + "x\n",
-            "line 7: 12 fields, but the column header on line 6",
-        ),
+        ("Chart\tLine\tVolts\n", "line 7: a Chart line must follow the step it belongs to"),
+        ("ActionStep\tA\nSeries\tp\tXYG\t1;2\n", "line 8: a Series line must follow a Chart"),
+        ("ActionStep\tA\nChart\tPie\n", "line 8: column StepName: 'Pie' is not a chart type"),
     ],
 )
 def test_bad_step_line_is_named_by_line_and_column(
@@ -492,21 +495,21 @@ def test_bad_step_line_is_named_by_line_and_column(
     assert expected in message
 
 
-NO_COLUMNS = f"--Header-Start--\n{HEADER}--Step-Data-Start--\nNumericLimitTest\tVCC\n"
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("hello\n", "line 1: expected --Header-Start--, found 'hello'"),
         ("", "no --Header-Start-- line, so this is not a WSTF file"),
-        (wstf(header="SerialNumber SN-1\n"), "line 2: expected Key<TAB>Value"),
+        (wstf(header="SerialNumber\tSN-1\n"), "line 1: the UUT that starts here has no"),
         (wstf(header="PartNumber\tP\nRevision\tA\n"), "line 1: the UUT that starts here has no"),
-        (wstf(header=HEADER + "OperationTypeCode\tten\n"), "line 5: OperationTypeCode: 'ten' is"),
+        (
+            wstf(header=HEADER + "OperationTypeCode\tten\n"),
+            "line 5: OperationTypeCode: operation type 'ten' is a name",
+        ),
         (wstf(header=HEADER + "StartDateTime\tnow\n"), "line 5: 'now' is not a date and time"),
         (wstf(footer="UUTStatus\tSkipped\n"), "line 8: UUTStatus 'Skipped' is not one of"),
-        (wstf().replace("--UUT-End--", "--Header-Start--"), "line 8: --Header-Start-- before the"),
-        (NO_COLUMNS, "line 6: expected the step column header"),
+        (wstf().replace("--UUT-End--", "--Header-Start--"), "line 8: the UUT that starts here"),
+        (wstf(footer="UUTStatus\tMaybe\n"), "line 8: UUTStatus 'Maybe' is not one of"),
     ],
 )
 def test_bad_file_structure_is_named_by_line(tmp_path: Path, text: str, expected: str) -> None:

@@ -3,15 +3,28 @@
 It keeps no state about reports: the supervisor sends one job per report and decides what
 an answer means for the queue. Each pool thread has its own ``requests.Session``
 (Sessions are not documented as thread-safe), so connections are reused per thread.
+
+While the server answers, it also refreshes the station's cached list of the server's processes
+(operation types), which converters read to turn an operation type name into its code.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from wats_station.converters.processes import (
+    PROCESSES_PATH,
+    REFRESH_S,
+    cache_age_s,
+    compact_processes,
+    store_processes,
+)
 from wats_station.ipc.protocol import JobKind, UploadOutcome
 from wats_station.workers.base import JobError, Worker, run_worker
 from wats_station.workers.crashpoints import crash_point
@@ -19,6 +32,8 @@ from wats_station.workers.crashpoints import crash_point
 REPORT_PATH = "/api/Report/WSJF"
 VERSION_PATH = "/api/App/Version"
 MAX_MESSAGE_CHARS = 2000
+
+log = logging.getLogger(__name__)
 
 
 def classify(status: int) -> UploadOutcome:
@@ -66,6 +81,10 @@ class UploaderWorker(Worker):
         self.base_url = self.server["url"].rstrip("/")
         self.timeout = (self.upload["connect_timeout_s"], self.upload["read_timeout_s"])
         self._local = threading.local()
+        processes_file = settings.get("processes_file")
+        self.processes_file = Path(processes_file) if processes_file else None
+        self._processes_lock = threading.Lock()
+        self._processes_tried_at = float("-inf")
 
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -100,6 +119,8 @@ class UploaderWorker(Worker):
                 "message": describe(error),
             }
         crash_point("after-post-answered")
+        if classify(response.status_code) is UploadOutcome.ACCEPTED:
+            self.refresh_processes()
         return {
             "outcome": str(classify(response.status_code)),
             "http_status": response.status_code,
@@ -117,6 +138,8 @@ class UploaderWorker(Worker):
                 "message": describe(error),
             }
         outcome = classify(response.status_code)
+        if outcome is UploadOutcome.ACCEPTED:
+            self.refresh_processes()
         if outcome is UploadOutcome.REJECTED:
             outcome = UploadOutcome.SERVER_ERROR
         return {
@@ -124,6 +147,29 @@ class UploaderWorker(Worker):
             "http_status": response.status_code,
             "message": server_message(response),
         }
+
+    def refresh_processes(self) -> None:
+        """Fetch the server's process list into the cache file when it is old or missing.
+
+        At most one attempt per REFRESH_S per worker, and never fatal: a station without the
+        list still converts everything that names operation types by code.
+        """
+        if self.processes_file is None:
+            return
+        with self._processes_lock:
+            now = time.monotonic()
+            age = cache_age_s(self.processes_file)
+            if now - self._processes_tried_at < REFRESH_S or (age is not None and age < REFRESH_S):
+                return
+            self._processes_tried_at = now
+            try:
+                response = self.session().get(self.base_url + PROCESSES_PATH, timeout=self.timeout)
+                response.raise_for_status()
+                processes = compact_processes(response.json())
+                if processes:
+                    store_processes(self.processes_file, processes)
+            except (requests.RequestException, ValueError, OSError) as error:
+                log.warning("could not refresh the server's process list: %s", error)
 
 
 def describe(error: requests.RequestException) -> str:
