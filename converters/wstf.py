@@ -812,7 +812,7 @@ class _UUTBuilder:
             "type": "T",
             "pn": self._required("PartNumber"),
             "sn": self._required("SerialNumber"),
-            "rev": self._text("Revision"),
+            "rev": self._required("Revision"),
             "processCode": self._process_code(),
             "result": self._result(root["status"]),
             "machineName": self._text("StationName") or self.defaults.station_name,
