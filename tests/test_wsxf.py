@@ -214,7 +214,7 @@ def test_bad_values_name_the_line(tmp_path: Path, broken: str, message: str) -> 
 @pytest.mark.parametrize(
     ("replace", "by", "message"),
     [
-        ('type="UUT"', 'type="UUR"', "repair (UUR) reports are not supported"),
+        ('type="UUT"', 'type="UUR"', "a UUR report needs a <UUR> element"),
         ('<UUT UserLoginName="op"', '<Asset AssetSN="A1"/><UUT UserLoginName="op"',
          "line 5, <Asset>: not supported inside <Report>"),
         ('ID="', 'ID="x', "ID='x6f1c2a9e-0d7b-4c1e-9a4f-2b8e5d3c7a10' is not a UUID"),
@@ -263,7 +263,9 @@ def test_confidence_prefers_the_wsxf_namespace(tmp_path: Path) -> None:
 
 
 def test_registry_knows_the_standard_names() -> None:
-    assert set(STANDARD_CONVERTERS) == {"wsjf", "wsxf", "wstf", "csv"}
+    assert set(STANDARD_CONVERTERS) == {
+        "wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf"
+    }  # fmt: skip
     assert load_converter_class("wsjf") is WSJFConverter
     assert load_converter_class("wsxf") is WSXFConverter
     assert load_converter_class("wats_station.converters.wsxf.WSXFConverter") is WSXFConverter
@@ -314,7 +316,7 @@ def test_registry_loads_a_converter_from_a_station_folder(
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nodots", "not a standard converter (wsjf, wsxf, wstf, csv) nor a module.Class path"),
+        ("nodots", "not a standard converter (wsjf, wsxf, wstf, csv, atml, teststand-xml, openhtf)"),
         ("missing_module_xyz.Converter", "no module named 'missing_module_xyz'"),
         ("line3_tester.Missing", "has no 'Missing'"),
         ("line3_tester.NotAConverter", "is not a subclass of converters.base.Converter"),
