@@ -14,6 +14,8 @@ from xml.etree.ElementTree import Element
 from wats_station.converters.xmltools import local, namespace
 
 WSXF_NAMESPACE = "http://wats.virinco.com/schemas/WATS/Report/wsxf"
+# The standard converters whose files recognise() tells apart by content.
+RECOGNISED = frozenset({"wsjf", "wsxf", "wstf", "atml", "teststand-xml", "openhtf"})
 SNIFF_BYTES = 65536
 
 

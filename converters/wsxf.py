@@ -180,7 +180,10 @@ class _WSXFReader:
     def report_elements(self, root: Element) -> list[Element]:
         namespace = root.tag[1:].partition("}")[0] if root.tag.startswith("{") else ""
         if namespace not in ("", WSXF_NAMESPACE):
-            raise self.error(root, f"namespace {namespace!r} is not WSXF ({WSXF_NAMESPACE})")
+            raise ConversionError(
+                f"{self.source}: this is not WSXF (namespace {namespace!r}): "
+                f"{describe_xml_root(root)}"
+            )
         if _local_name(root.tag) == "Report":
             return [root]
         if _local_name(root.tag) != "Reports" or (
@@ -287,12 +290,18 @@ class _WSXFReader:
             comment=self.child_text(element, "Comment"),
             processCode=self.integer(process, "Code") if process is not None else None,
             processName=self.text(process, "Name") if process is not None else None,
-            refUUT=self.text(element, "ReferencedUUT"),
+            refUUT=self.uuid_text(element, "ReferencedUUT"),
             confirmDate=self.text(element, "ConfirmDate"),
             finalizeDate=self.text(element, "FinalizeDate"),
             execTime=self.decimal(element, "ExecutionTime"),
-            active=self.boolean(element, "Active"),
         )
+
+    def uuid_text(self, element: Element, attribute: str) -> str | None:
+        raw = self.text(element, attribute)
+        try:
+            return str(uuid.UUID(raw)) if raw else None
+        except ValueError:
+            raise self.error(element, f"{attribute}={raw!r} is not a UUID") from None
 
     def repair_unit(self, element: Element) -> dict[str, Any]:
         return _without_none(

@@ -214,7 +214,7 @@ def test_bad_values_name_the_line(tmp_path: Path, broken: str, message: str) -> 
 @pytest.mark.parametrize(
     ("replace", "by", "message"),
     [
-        ('type="UUT"', 'type="UUR"', "a UUR report needs a <UUR> element"),
+        ('type="UUT"', 'type="UUR"', "<UUT>: not supported inside <Report>"),
         ('<UUT UserLoginName="op"', '<Asset AssetSN="A1"/><UUT UserLoginName="op"',
          "line 5, <Asset>: not supported inside <Report>"),
         ('ID="', 'ID="x', "ID='x6f1c2a9e-0d7b-4c1e-9a4f-2b8e5d3c7a10' is not a UUID"),
@@ -238,7 +238,7 @@ def test_reports_the_server_would_reject_are_refused(
     [
         (b"", "the file is empty"),
         (f'<Reports xmlns="{NAMESPACE}"/>'.encode(), "contains no <Report> element"),
-        (b'<Reports xmlns="urn:other"/>', "namespace 'urn:other' is not WSXF"),
+        (b'<Reports xmlns="urn:other"/>', "this is not WSXF (namespace 'urn:other')"),
         (b"\x00\x01\x02binary", "malformed XML at line 1, column 1"),
     ],
 )

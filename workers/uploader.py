@@ -34,6 +34,7 @@ VERSION_PATH = "/api/App/Version"
 MAX_MESSAGE_CHARS = 2000
 
 log = logging.getLogger(__name__)
+RETRY_S = 60.0  # how soon to try again for a process list the server did not give
 
 
 def classify(status: int) -> UploadOutcome:
@@ -83,8 +84,11 @@ class UploaderWorker(Worker):
         self._local = threading.local()
         processes_file = settings.get("processes_file")
         self.processes_file = Path(processes_file) if processes_file else None
-        self._processes_lock = threading.Lock()
-        self._processes_tried_at = float("-inf")
+        if self.processes_file is not None and not getattr(self, "_refresher", None):
+            self._refresher = threading.Thread(
+                target=self.keep_processes_fresh, name="processes", daemon=True
+            )
+            self._refresher.start()
 
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -119,8 +123,6 @@ class UploaderWorker(Worker):
                 "message": describe(error),
             }
         crash_point("after-post-answered")
-        if classify(response.status_code) is UploadOutcome.ACCEPTED:
-            self.refresh_processes()
         return {
             "outcome": str(classify(response.status_code)),
             "http_status": response.status_code,
@@ -138,8 +140,6 @@ class UploaderWorker(Worker):
                 "message": describe(error),
             }
         outcome = classify(response.status_code)
-        if outcome is UploadOutcome.ACCEPTED:
-            self.refresh_processes()
         if outcome is UploadOutcome.REJECTED:
             outcome = UploadOutcome.SERVER_ERROR
         return {
@@ -148,28 +148,37 @@ class UploaderWorker(Worker):
             "message": server_message(response),
         }
 
-    def refresh_processes(self) -> None:
-        """Fetch the server's process list into the cache file when it is old or missing.
+    def keep_processes_fresh(self) -> None:
+        """Keep the cached process list fresh: at start, then hourly; every minute without one.
 
-        At most one attempt per REFRESH_S per worker, and never fatal: a station without the
-        list still converts everything that names operation types by code.
+        Never fatal: a station without the list still converts every file that gives its
+        operation type as a code.
         """
-        if self.processes_file is None:
-            return
-        with self._processes_lock:
-            now = time.monotonic()
-            age = cache_age_s(self.processes_file)
-            if now - self._processes_tried_at < REFRESH_S or (age is not None and age < REFRESH_S):
-                return
-            self._processes_tried_at = now
-            try:
-                response = self.session().get(self.base_url + PROCESSES_PATH, timeout=self.timeout)
-                response.raise_for_status()
-                processes = compact_processes(response.json())
-                if processes:
-                    store_processes(self.processes_file, processes)
-            except (requests.RequestException, ValueError, OSError) as error:
-                log.warning("could not refresh the server's process list: %s", error)
+        while True:
+            fetched = self.refresh_processes()
+            time.sleep(REFRESH_S if fetched else RETRY_S)
+
+    def refresh_processes(self) -> bool:
+        """Fetch the list into the cache file when it is missing or old; True when it is fresh."""
+        assert self.processes_file is not None
+        age = cache_age_s(self.processes_file)
+        if age is not None and age < REFRESH_S:
+            return True
+        try:
+            response = requests.get(
+                self.base_url + PROCESSES_PATH,
+                headers={"Authorization": f"Basic {self.server['token']}"},
+                timeout=self.timeout,
+            )
+            response.raise_for_status()
+            processes = compact_processes(response.json())
+            if not processes:
+                raise ValueError("the server's process list is empty")
+            store_processes(self.processes_file, processes)
+        except (requests.RequestException, ValueError, OSError) as error:
+            log.info("could not refresh the server's process list: %s", error)
+            return False
+        return True
 
 
 def describe(error: requests.RequestException) -> str:
