@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from wats_station.converters.base import ConversionError
+from wats_station.converters.processes import store_processes
 from wats_station.converters.wsjf import validate_report
 from wats_station.converters.wstf import (
     NUMERIC_OPERATORS,
@@ -628,3 +629,150 @@ def test_validate_recognises_wstf_files(tmp_path: Path) -> None:
 
     assert WSTFConverter().validate(wstf_file) > 0.9
     assert WSTFConverter().validate(other) == 0.0
+
+
+# -- what Virinco's converter accepts ------------------------------------------------------
+
+
+def test_rows_group_into_multi_measurement_steps_as_virinco_does(tmp_path: Path) -> None:
+    steps = (
+        "NumericLimitTest\tRails\t3V3\t3.3\t3.2\t3.4\tGELE\tV\n"
+        "NumericLimitTest\t\t1V8\t1.95\t1.7\t1.9\tGELE\tV\n"  # blank name: the step before
+        "NumericLimitTest\tRails\t5V\t5.0\t\t\tLOG\tV\n"  # same name: the step before
+        "PassFailTest\tRails\tgood\tTrue\n"  # another kind: a new step, even by that name
+        "NumericLimitTest\tFan\t\t1200\t1000\t\tGE\trpm\n"
+        "NumericLimitTest\tFan\t\t1300\t1000\t\tGE\trpm\n"  # one step, two unnamed runs
+    )
+
+    [report] = convert(tmp_path, wstf(steps))
+
+    rails, check, fan = steps_of(report)
+    assert (rails["stepType"], rails["status"]) == ("ET_MNLT", "F")
+    assert [m["name"] for m in rails["numericMeas"]] == ["3V3", "1V8", "5V"]
+    assert (check["stepType"], check["booleanMeas"]) == ("ET_MPFT", [{"name": "good",
+                                                                       "status": "P"}])  # fmt: skip
+    assert fan["stepType"] == "ET_MNLT"
+    assert [m["value"] for m in fan["numericMeas"]] == [1200.0, 1300.0]
+
+
+def test_lenient_markers_control_bytes_and_header_extras(tmp_path: Path) -> None:
+    text = (
+        "--Header-Start--\t\t\n"
+        "SerialNumber\tSN\x01-7\textra\tvalues\n"  # a control byte, and values after the first
+        "PartNumber PN-1\n"  # a space instead of the tab, as Virinco's prefix match allows
+        "Revision\tA\n"
+        "-- Step-Data-Start --\n"
+        f"{COLUMNS}\n"
+        "NumericLimitTest\tV\x02CC\t\t5.0\t4.9\t5.1\tGELE\tV\n"
+        "--Step-Data-End--\n"
+        "-- UUT-End--\t\t\t\n"
+    )
+
+    [report] = convert(tmp_path, text)
+
+    assert (report["sn"], report["pn"]) == ("SN-7", "PN-1")
+    assert steps_of(report)[0]["name"] == "VCC"
+
+
+def test_decimal_comma_with_a_culture_code(tmp_path: Path) -> None:
+    steps = "NumericLimitTest\tVCC\t\t1.234,5\t1.000,25\t2000\tGELE\tmV\n"
+    text = wstf(steps, header=HEADER + "ExecutionTime\t12,5\n")
+
+    [report] = convert(tmp_path, text, cultureCode="nb-NO")
+
+    [measurement] = steps_of(report)[0]["numericMeas"]
+    assert (measurement["value"], measurement["lowLimit"]) == (1234.5, 1000.25)
+    assert report["uut"]["execTime"] == 12.5
+    message = conversion_error(tmp_path, wstf("NumericLimitTest\tVCC\t\t5,02\t4\t6\tGELE\n"))
+    assert "column Value: '5,02' is not a number here (a decimal comma? set the cultureCode" in (
+        message
+    )
+
+
+def test_import_mode_takes_statuses_as_given(tmp_path: Path) -> None:
+    steps = "NumericLimitTest\tVCC\t\t9.0\t4.9\t5.1\tGELE\tV\n"  # out of limits, no status
+
+    [active] = convert(tmp_path, wstf(steps))
+    [header_import] = convert(tmp_path, wstf(steps, header=HEADER + "ConverterMode\tImport\n"))
+    [argument_import] = convert(tmp_path, wstf(steps), testModeType="Import")
+
+    assert steps_of(active)[0]["status"] == "F"
+    assert steps_of(header_import)[0]["status"] == "P"
+    assert steps_of(argument_import)[0]["numericMeas"][0]["status"] == "P"
+
+
+def test_charts_attach_to_the_step_before(tmp_path: Path) -> None:
+    steps = (
+        "NumericLimitTest\tSweep\t\t3.3\t3\t4\tGELE\tV\n"
+        "Chart\tLine\tGain\tdB\tGain\tHz\tFrequency\n"
+        "Series\tmeasured\tXYG\t1;2,5;3\t10;100;1000\n"
+        "Series\tlimit\tXYG\t2;2;2\n"
+    )
+
+    [report] = convert(tmp_path, wstf(steps))
+
+    [step] = steps_of(report)
+    assert step["chart"] == {
+        "chartType": "Line", "label": "Gain", "xLabel": "Frequency", "xUnit": "Hz",
+        "yLabel": "Gain", "yUnit": "dB",
+        "series": [
+            {"dataType": "XYG", "name": "measured", "xdata": "10;100;1000", "ydata": "1;2.5;3"},
+            {"dataType": "XYG", "name": "limit", "xdata": None, "ydata": "2;2;2"},
+        ],
+    }  # fmt: skip
+
+
+def test_caused_sequence_failure_and_files_without_a_column_header(tmp_path: Path) -> None:
+    text = (
+        f"--Header-Start--\n{HEADER}--Step-Data-Start--\n"
+        # Virinco's fixed column order, no header line: ... Status, time, text, code, message,
+        # CausedSequenceFailure
+        "NumericLimitTest\tVCC\t\t9\t4.9\t5.1\tGELE\tV\tFailed\t0.5\tlow\t7\tbad\tTrue\n"
+        "--Step-Data-End--\n--UUT-End--\n"
+    )
+
+    [report] = convert(tmp_path, text)
+
+    [step] = steps_of(report)
+    assert (step["totTime"], step["reportText"], step["errorCode"], step["errorMessage"]) == (
+        0.5, "low", 7, "bad",
+    )  # fmt: skip
+    assert step["causedSeqFailure"] is True
+
+
+def test_operation_type_by_name_from_the_cached_process_list(tmp_path: Path) -> None:
+    processes = tmp_path / "processes.json"
+    store_processes(processes, [{"code": 20, "name": "Final Function Test"}])
+    path = tmp_path / "result.txt"
+    path.write_text(wstf(header=HEADER + "OperationTypeName\tfinal function test\n"))
+    by_argument = WSTFConverter(operationTypeCode="Final Function Test")
+    by_header = WSTFConverter()
+    for converter in (by_argument, by_header):
+        converter.processes_file = processes
+    unknown = WSTFConverter(operationTypeCode="Burn-in")
+    unknown.processes_file = processes
+
+    assert by_header.convert(path)[0]["processCode"] == 20
+    path.write_text(wstf())
+    assert by_argument.convert(path)[0]["processCode"] == 20
+    with pytest.raises(ConversionError, match=r"'Burn-in' is not in the server's process list "
+                                              r"\(20 Final Function Test\)"):  # fmt: skip
+        unknown.convert(path)
+
+
+def test_validation_mode_truncates_or_refuses_long_texts(tmp_path: Path) -> None:
+    text = wstf(header=HEADER.replace("SN-1", "S" * 120))
+
+    [report] = convert(tmp_path, text, validationMode="AutoTruncate")
+
+    assert report["sn"] == "S" * 100
+    message = conversion_error(tmp_path, text)
+    assert "line 1: sn is 120 characters long; WATS takes 100 (validationMode AutoTruncate" in (
+        message
+    )
+
+
+def test_file_encoding_as_a_code_page_number(tmp_path: Path) -> None:
+    [report] = convert(tmp_path, wstf(header=HEADER + "Note\tMüller\n"), "cp1252",
+                       fileEncoding="1252")  # fmt: skip
+    assert report["miscInfos"] == [{"description": "Note", "text": "Müller"}]
