@@ -78,9 +78,11 @@ def load_processes(path: Path | None) -> list[dict[str, Any]]:
         raise UnknownOperationType(
             f"the cached process list {path} cannot be read ({error})"
         ) from None
-    return compact_processes(
-        [{"code": p.get("code"), "name": p.get("name")} for p in document.get("processes", [])]
-    )
+    stored = document.get("processes", []) if isinstance(document, dict) else []
+    return [
+        p for p in stored
+        if isinstance(p, dict) and type(p.get("code")) is int and isinstance(p.get("name"), str)
+    ]  # fmt: skip
 
 
 def operation_code(value: object, processes_file: str | Path | None) -> int:

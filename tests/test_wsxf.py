@@ -316,7 +316,10 @@ def test_registry_loads_a_converter_from_a_station_folder(
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nodots", "not a standard converter (wsjf, wsxf, wstf, csv, atml, teststand-xml, openhtf)"),
+        (
+            "nodots",
+            "not a standard converter (wsjf, wsxf, wstf, csv, atml, teststand-xml, openhtf)",
+        ),
         ("missing_module_xyz.Converter", "no module named 'missing_module_xyz'"),
         ("line3_tester.Missing", "has no 'Missing'"),
         ("line3_tester.NotAConverter", "is not a subclass of converters.base.Converter"),
@@ -330,3 +333,26 @@ def test_registry_errors_name_the_spec(station_converters: Path, spec: str, mess
         load_converter_class(spec, [station_converters])
     assert str(caught.value).startswith(f"converter {spec!r}: ")
     assert message in str(caught.value)
+
+
+def test_attachments_are_kept_and_single_limits_sit_in_low_limit(tmp_path: Path) -> None:
+    step = """<NumericLimit NumericValue="5.02" Units="V" CompOperator="GELE" LowLimit="4.9"
+                      HighLimit="5.1" Status="Passed" />"""
+    content = wsxf(report_xml()).replace(
+        step,
+        '<NumericLimit NumericValue="5.02" Units="V" CompOperator="LE" HighLimit="5.1" '
+        'Status="Passed" /><Attachment Name="scope.png" ContentType="image/png">'
+        "iVBORw0K\n  Ggo=</Attachment>",
+    )
+    assert "<Attachment" in content
+
+    (report,) = convert(write(tmp_path, content))
+
+    vcc = report["root"]["steps"][0]
+    assert vcc["numericMeas"][0]["lowLimit"] == 5.1  # as the server stores a single limit
+    assert vcc["numericMeas"][0]["highLimit"] is None
+    assert vcc["attachment"] == {
+        "name": "scope.png",
+        "contentType": "image/png",
+        "data": "iVBORw0KGgo=",
+    }
