@@ -91,6 +91,15 @@ def test_a_fresh_station_converts_every_corpus_format_from_its_own_folder(
         done = station.paths.data_dir / "drop" / name / "Done"
         wait_until(lambda done=done: any(done.iterdir()), 10, f"the {name} file in Done")
 
+    # Offline, the cached list still turns "SW Debug" into its code: the file converts.
+    emulator.set_faults(down=True)
+    text = drops["wstf"].read_text(encoding="cp1252").replace("423664753", "OFFLINE-1")
+    (station.paths.data_dir / "drop" / "wstf" / "offline.txt").write_text(text, "cp1252")
+    wait_until(lambda: station.call("get_status")["queue"].get("pending", 0) == 1, 30, "it queued")
+    assert not (station.paths.data_dir / "drop" / "wstf" / "Error").exists() or not any(
+        (station.paths.data_dir / "drop" / "wstf" / "Error").iterdir()
+    )
+
 
 def test_convert_picks_the_converter_by_content_and_says_which(make_station, emulator, home):
     station = make_station(config=fresh_config(emulator), start=False)
