@@ -449,8 +449,15 @@ class _WSTFParser:
             if line.strip():
                 self._take(number, line)
         if self.uut is not None:
-            # Like Virinco's converter: a UUT without its end marker is submitted as it is.
-            self.reports.append(self.uut.finish(len(lines)))
+            # Like Virinco's converter: a UUT without its end marker is submitted as it is,
+            # but when it cannot be, the missing marker is the likelier story.
+            try:
+                self.reports.append(self.uut.finish(len(lines)))
+            except _LineError as error:
+                raise _LineError(
+                    error.line,
+                    f"{error.message}; the file ends without {UUT_END} (written only in part?)",
+                ) from None
         if not self.reports:
             raise _NotWSTF
         return self.reports
