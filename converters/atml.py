@@ -256,7 +256,9 @@ def _test_step(element: Element, step_type: str, name: str) -> dict[str, Any]:
         if string_results:
             step["stringMeas"] = [_string_measurement(r, outcome) for r in string_results[:1]]
     else:
-        numeric = [r for r in results if _datum_value(r) is not None]
+        # Like TestStand's ATML style sheet (and Virinco's converter): a measurement has limits
+        # or is marked as logged; other results with data are additional results.
+        numeric = [r for r in results if _datum_value(r) is not None and _is_measurement(r)]
         if step_type not in ("NumericLimitTest", "NI_MultipleNumericLimitTest") and not numeric:
             return {**_common_step(element, step_type or "Action", name), "status": outcome}
         several = len(numeric) > 1 or step_type == "NI_MultipleNumericLimitTest"
@@ -265,6 +267,13 @@ def _test_step(element: Element, step_type: str, name: str) -> dict[str, Any]:
             step["numericMeas"] = [_numeric_measurement(r, outcome, several) for r in numeric]
     step["status"] = outcome
     return step
+
+
+def _is_measurement(result: Element) -> bool:
+    return (
+        child(result, "TestLimits") is not None
+        or path(result, "Extension", "TSLimitProperties", "IsComparisonTypeLog") is not None
+    )
 
 
 def _datum_value(result: Element) -> str | None:

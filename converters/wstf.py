@@ -728,6 +728,11 @@ class _UUTBuilder:
         measurements.append(measurement)
         if len(measurements) > 1 or "name" in measurements[0]:
             current.step["stepType"] = step_types[1]
+            # Measurements of a multiple step are told apart by name; unnamed rows get
+            # TestStand's default names.
+            for index, item in enumerate(measurements):
+                if "name" not in item:
+                    measurements[index] = {"name": f"Measurement {index}", **item}
         statuses = [m["status"] for m in measurements]
         given = current.given_status
         if self.import_mode:

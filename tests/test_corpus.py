@@ -432,3 +432,95 @@ def test_openhtf_validators_become_limits_and_attachments_are_kept(tmp_path: Pat
                                    "data": "iVBORw0KGgo="}  # fmt: skip
     extra = find(report["root"], "log.txt")
     assert extra["attachment"]["data"] == "aGVsbG8="
+
+
+ATML_6 = """<?xml version="1.0" encoding="iso-8859-1" ?>
+<trc:TestResultsCollection xmlns:trc="urn:IEEE-1636.1:2013:TestResultsCollection"
+  xmlns:tr="urn:IEEE-1636.1:2013:TestResults" xmlns:c="urn:IEEE-1671:2010:Common"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xmlns:ts="www.ni.com/TestStand/ATMLTestResults/3.0">
+<trc:TestResults uuid="5b360926-7191-11e9-9276-9822efe210a8">
+ <tr:Personnel><tr:SystemOperator ID="ola" name="Ola"/></tr:Personnel>
+ <tr:ResultSet ID="1" name="C:\\seq\\board.seq#MainSequence"
+   startDateTime="2024-02-29T23:59:58.5" endDateTime="2024-03-01T00:00:01">
+  <tr:Extension><ts:TSStepProperties><ts:StepType>SequenceCall</ts:StepType>
+   <ts:StepGroup>Main</ts:StepGroup></ts:TSStepProperties></tr:Extension>
+  <tr:Outcome value="Aborted"/>
+  <tr:Test ID="2" name="Rails">
+   <tr:Extension><ts:TSStepProperties><ts:StepType>NI_MultipleNumericLimitTest</ts:StepType>
+    <ts:StepGroup>Main</ts:StepGroup><ts:TotalTime value="0.25"/></ts:TSStepProperties>
+   </tr:Extension>
+   <tr:Outcome value="Failed"/>
+   <tr:TestResult ID="r1" name="3V3">
+    <tr:Outcome value="Passed"/>
+    <tr:TestData><c:Datum value="3.31" xsi:type="ts:TS_double" nonStandardUnit="V"/></tr:TestData>
+    <tr:TestLimits><tr:Limits><c:LimitPair operator="OR">
+     <c:Limit comparator="LT"><c:Datum value="3.2"/></c:Limit>
+     <c:Limit comparator="GE"><c:Datum value="3.4"/></c:Limit>
+    </c:LimitPair></tr:Limits></tr:TestLimits>
+   </tr:TestResult>
+   <tr:TestResult ID="r2" name="Ripple">
+    <tr:Outcome value="Failed"/>
+    <tr:TestData><c:Datum value="0x1F" xsi:type="ts:TS_double" standardUnit="mV"/></tr:TestData>
+    <tr:TestLimits><tr:Limits><c:Expected comparator="EQ"><c:Datum value="16"/></c:Expected>
+    </tr:Limits></tr:TestLimits>
+   </tr:TestResult>
+   <tr:TestResult ID="r3" name="Temperature">
+    <tr:TestData><c:Datum value="41.5" xsi:type="ts:TS_double"/></tr:TestData>
+    <tr:Extension><ts:TSLimitProperties><ts:IsComparisonTypeLog/></ts:TSLimitProperties>
+    </tr:Extension>
+   </tr:TestResult>
+   <tr:TestResult ID="r4" name="ExtraData">
+    <tr:TestData><c:Datum value="7" xsi:type="ts:TS_double"/></tr:TestData>
+   </tr:TestResult>
+  </tr:Test>
+  <tr:Test ID="3" name="Firmware">
+   <tr:Extension><ts:TSStepProperties><ts:StepType>StringValueTest</ts:StepType>
+    <ts:StepGroup>Setup</ts:StepGroup></ts:TSStepProperties></tr:Extension>
+   <tr:Outcome value="Passed"/>
+   <tr:TestResult ID="s1" name="String">
+    <tr:TestData><c:Datum xsi:type="c:string"><c:Value>V1.8.0</c:Value></c:Datum></tr:TestData>
+    <tr:TestLimits><tr:Limits><c:Expected comparator="CIEQ">
+     <c:Datum xsi:type="c:string"><c:Value>v1.8.0</c:Value></c:Datum></c:Expected>
+    </tr:Limits></tr:TestLimits>
+   </tr:TestResult>
+  </tr:Test>
+  <tr:Test ID="4" name="Never run">
+   <tr:Extension><ts:TSStepProperties><ts:StepType>PassFailTest</ts:StepType>
+    <ts:StepGroup>Cleanup</ts:StepGroup></ts:TSStepProperties></tr:Extension>
+   <tr:Outcome value="NotStarted"/>
+  </tr:Test>
+ </tr:ResultSet>
+ <tr:TestStation><c:SerialNumber> FCT-3 </c:SerialNumber></tr:TestStation>
+ <tr:UUT><c:SerialNumber>SN-Ø1</c:SerialNumber></tr:UUT>
+ <tr:Extension><ts:TSResultSetProperties><ts:TestSocketIndex>2</ts:TestSocketIndex>
+  <ts:BatchSerialNumber>B-9</ts:BatchSerialNumber></ts:TSResultSetProperties></tr:Extension>
+</trc:TestResults>
+</trc:TestResultsCollection>
+"""
+
+
+def test_atml_multiple_numeric_string_and_outcome_rules(tmp_path: Path) -> None:
+    path = tmp_path / "atml6.xml"
+    path.write_bytes(ATML_6.encode("iso-8859-1"))
+
+    [report] = convert(ATMLConverter(partNumber="PCBA-1"), path)
+
+    assert (report["sn"], report["pn"], report["result"]) == ("SN-Ø1", "PCBA-1", "T")
+    assert (report["machineName"], report["uut"]["user"]) == ("FCT-3", "ola")
+    assert moment(report["start"]) == local("2024-02-29T23:59:58.5")
+    uut = report["uut"]
+    assert (uut["execTime"], uut["testSocketIndex"], uut["batchSN"]) == (2.5, 2, "B-9")
+    rails, firmware, never = report["root"]["steps"]
+    assert (rails["stepType"], rails["status"], rails["totTime"]) == ("ET_MNLT", "F", 0.25)
+    assert rails["numericMeas"] == [
+        {"name": "3V3", "compOp": "LTGE", "value": 3.31, "unit": "V", "status": "P",
+         "lowLimit": 3.2, "highLimit": 3.4},
+        {"name": "Ripple", "compOp": "EQ", "value": 31.0, "unit": "mV", "status": "F",
+         "lowLimit": 16.0},
+        {"name": "Temperature", "compOp": "LOG", "value": 41.5, "unit": "", "status": "F"},
+    ]  # fmt: skip
+    assert (firmware["group"], firmware["stringMeas"]) == (
+        "S", [{"compOp": "IGNORECASE", "value": "V1.8.0", "limit": "v1.8.0", "status": "P"}],
+    )  # fmt: skip
+    assert (never["status"], never["group"]) == ("S", "C")

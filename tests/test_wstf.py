@@ -652,7 +652,10 @@ def test_rows_group_into_multi_measurement_steps_as_virinco_does(tmp_path: Path)
     assert (check["stepType"], check["booleanMeas"]) == ("ET_MPFT", [{"name": "good",
                                                                        "status": "P"}])  # fmt: skip
     assert fan["stepType"] == "ET_MNLT"
-    assert [m["value"] for m in fan["numericMeas"]] == [1200.0, 1300.0]
+    assert [(m["name"], m["value"]) for m in fan["numericMeas"]] == [
+        ("Measurement 0", 1200.0),
+        ("Measurement 1", 1300.0),
+    ]
 
 
 def test_lenient_markers_control_bytes_and_header_extras(tmp_path: Path) -> None:
