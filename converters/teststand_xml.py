@@ -236,6 +236,8 @@ def _array_items(array: Element | None) -> list[Element]:
     for value in array:
         if local(value.tag) == "Value":
             items.extend(p for p in value if local(p.tag) == "Prop")
+        elif local(value.tag) == "Prop":  # some writers leave out the <Value> wrapper
+            items.append(value)
     return items
 
 
@@ -255,11 +257,12 @@ def _add_measurements(step: dict[str, Any], props: dict[str, Element], status: s
         if step["stepType"] not in ("ET_SVT", "ET_MSVT"):
             step["stepType"] = "ET_SVT"
     elif "Measurement" in props:
-        items = [_props(item) for item in _array_items(props["Measurement"])]
+        # NI_LimitMeasurement elements: the Prop's Name is the measurement's name.
+        elements = _array_items(props["Measurement"])
         step["numericMeas"] = [
-            {"name": _value(item.get("MeasName")) or _value(item.get("Name")) or f"Measurement {n}",
-             **_numeric(item, measured, value_name="Data")}
-            for n, item in enumerate(items)
+            {"name": element.get("Name") or f"Measurement {n}",
+             **_numeric(_props(element), measured, value_name="Data")}
+            for n, element in enumerate(elements)
         ]  # fmt: skip
         step["stepType"] = "ET_MNLT"
 

@@ -524,3 +524,94 @@ def test_atml_multiple_numeric_string_and_outcome_rules(tmp_path: Path) -> None:
         "S", [{"compOp": "IGNORECASE", "value": "V1.8.0", "limit": "v1.8.0", "status": "P"}],
     )  # fmt: skip
     assert (never["status"], never["group"]) == ("S", "C")
+
+
+TESTSTAND_STEPS = """<?xml version="1.0" encoding="iso-8859-1" ?>
+<Reports><Report Type='Batch' Title='Batch Report'/>
+<Report Type='UUT' UUTResult='Failed'>
+<Prop Name='UUT' Type='Obj'><Prop Name='SerialNumber' Type='String'><Value>SN-Å</Value></Prop>
+ <Prop Name='PartNumber' Type='String'><Value>PCBA-7</Value></Prop></Prop>
+<Prop Name='StartDate' Type='Obj'><Prop Name='Year' Type='Number'><Value>2025</Value></Prop>
+ <Prop Name='Month' Type='Number'><Value>3</Value></Prop>
+ <Prop Name='MonthDay' Type='Number'><Value>30</Value></Prop></Prop>
+<Prop Name='StartTime' Type='Obj'><Prop Name='Hours' Type='Number'><Value>2</Value></Prop>
+ <Prop Name='Minutes' Type='Number'><Value>30</Value></Prop>
+ <Prop Name='Seconds' Type='Number'><Value>5</Value></Prop>
+ <Prop Name='Milliseconds' Type='Number'><Value>250</Value></Prop></Prop>
+<Prop Name='StationInfo' Type='Obj'><Prop Name='StationID' Type='String'><Value>ICT-2</Value>
+ </Prop><Prop Name='LoginName' Type='String'><Value>kari</Value></Prop></Prop>
+<Prop Type='TEResult'>
+ <Prop Name='TS' Type='Obj'>
+  <Prop Name='SequenceCall' Type='Obj'>
+   <Prop Name='ResultList' Type='Array'>
+    <Value ID='[0]'><Prop Type='TEResult'>
+     <Prop Name='Status' Type='String'><Value>Failed</Value></Prop>
+     <Prop Name='Measurement' Type='Array'>
+      <ArrayElementPrototype Type='Obj' TypeName='NI_LimitMeasurement'/>
+      <Value ID='[0]'><Prop Name='3V3' Type='Obj' TypeName='NI_LimitMeasurement'>
+       <Prop Name='Data' Type='Number'><Value>3.5</Value></Prop>
+       <Prop Name='Status' Type='String'><Value>Failed</Value></Prop>
+       <Prop Name='Comp' Type='String'><Value>GELE</Value></Prop>
+       <Prop Name='Units' Type='String'><Value>V</Value></Prop>
+       <Prop Name='Limits' Type='Obj'><Prop Name='Low' Type='Number'><Value>3.2</Value></Prop>
+        <Prop Name='High' Type='Number'><Value>3.4</Value></Prop></Prop></Prop></Value>
+      <Value ID='[1]'><Prop Name='Idle' Type='Obj' TypeName='NI_LimitMeasurement'>
+       <Prop Name='Data' Type='Number'><Value>0.1</Value></Prop>
+       <Prop Name='Status' Type='String'><Value>Passed</Value></Prop>
+       <Prop Name='Comp' Type='String'><Value>LT</Value></Prop>
+       <Prop Name='Limits' Type='Obj'><Prop Name='High' Type='Number'><Value>0.2</Value></Prop>
+       </Prop></Prop></Value>
+     </Prop>
+     <Prop Name='TS' Type='Obj'><Prop Name='StepName' Type='String'><Value>Rails</Value></Prop>
+      <Prop Name='StepType' Type='String'><Value>NI_MultipleNumericLimitTest</Value></Prop>
+      <Prop Name='StepGroup' Type='String'><Value>Main</Value></Prop></Prop>
+    </Prop></Value>
+    <Value ID='[1]'><Prop Type='TEResult'>
+     <Prop Name='Status' Type='String'><Value>Error</Value></Prop>
+     <Prop Name='String' Type='String'><Value>v1.8</Value></Prop>
+     <Prop Name='Comp' Type='String'><Value>IgnoreCase</Value></Prop>
+     <Prop Name='Limits' Type='Obj'><Prop Name='String' Type='String'><Value>V1.8</Value></Prop>
+     </Prop>
+     <Prop Name='Error' Type='Obj'><Prop Name='Code' Type='Number'><Value>-17</Value></Prop>
+      <Prop Name='Msg' Type='String'><Value>instrument timeout</Value></Prop>
+      <Prop Name='Occurred' Type='Boolean'><Value>True</Value></Prop></Prop>
+     <Prop Name='TS' Type='Obj'><Prop Name='StepName' Type='String'><Value>Firmware</Value></Prop>
+      <Prop Name='StepType' Type='String'><Value>StringValueTest</Value></Prop>
+      <Prop Name='StepGroup' Type='String'><Value>Setup</Value></Prop></Prop>
+    </Prop></Value>
+   </Prop>
+   <Prop Name='SequenceFile' Type='String'><Value>board.seq</Value></Prop>
+   <Prop Name='Sequence' Type='String'><Value>MainSequence</Value></Prop>
+  </Prop>
+  <Prop Name='StepName' Type='String'><Value>MainSequence Callback</Value></Prop>
+  <Prop Name='StepType' Type='String'><Value>SequenceCall</Value></Prop>
+  <Prop Name='TotalTime' Type='Number'><Value>3.5</Value></Prop>
+ </Prop>
+ <Prop Name='Status' Type='String'><Value>Failed</Value></Prop>
+</Prop>
+</Report></Reports>
+"""
+
+
+def test_teststand_xml_multiple_numeric_string_and_errors(tmp_path: Path) -> None:
+    path = tmp_path / "ts.xml"
+    path.write_bytes(TESTSTAND_STEPS.encode("iso-8859-1"))
+
+    [report] = convert(TestStandXMLConverter(), path)
+
+    assert (report["sn"], report["pn"], report["result"]) == ("SN-Å", "PCBA-7", "F")
+    assert moment(report["start"]) == local("2025-03-30T02:30:05.250")
+    assert (report["machineName"], report["uut"]["user"]) == ("ICT-2", "kari")
+    rails, firmware = report["root"]["steps"]
+    assert (rails["stepType"], rails["status"]) == ("ET_MNLT", "F")
+    assert rails["numericMeas"] == [
+        {"name": "3V3", "compOp": "GELE", "value": 3.5, "unit": "V", "status": "F",
+         "lowLimit": 3.2, "highLimit": 3.4},
+        {"name": "Idle", "compOp": "LT", "value": 0.1, "unit": "", "status": "P",
+         "lowLimit": 0.2},
+    ]  # fmt: skip
+    assert (firmware["group"], firmware["status"], firmware["errorCode"]) == ("S", "E", -17)
+    assert firmware["errorMessage"] == "instrument timeout"
+    assert firmware["stringMeas"] == [
+        {"compOp": "IGNORECASE", "value": "v1.8", "limit": "V1.8", "status": "E"}
+    ]
