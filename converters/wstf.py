@@ -701,7 +701,14 @@ class _UUTBuilder:
             if sequence.status and sequence.step["status"] == "P":
                 sequence.step["status"] = sequence.status
 
-    def _test_step(self, row: _Row, kind: str, step_types: tuple[str, str], key: str) -> None:
+    def _test_step(
+        self,
+        row: _Row,
+        kind: str,
+        step_types: tuple[str, str],
+        key: str,
+        repeated_name_starts_a_step: bool = False,
+    ) -> None:
         """Add the line's measurement to the open test step, or open a new one.
 
         Like Virinco's converter: a line joins the step before it when that step is of the same
@@ -716,7 +723,10 @@ class _UUTBuilder:
             current is None
             or current.kind != kind
             or (name and name != current.step["name"])
-            or _has_measurement(current.step[key], measurement.get("name"))
+            or (
+                repeated_name_starts_a_step
+                and _has_measurement(current.step[key], measurement.get("name"))
+            )
         ):
             step = _step(step_types[0], row, "P", self._step_name(row))
             step[key] = []
@@ -748,7 +758,7 @@ class _UUTBuilder:
     def _multiple_numeric_limit_test(self, row: _Row) -> None:
         if not row.text("MeasureName"):
             raise row.fail("MeasureName", "a MultipleNumericLimitTest line needs a measure name")
-        self._test_step(row, "numeric", ("ET_NLT", "ET_MNLT"), "numericMeas")
+        self._test_step(row, "numeric", ("ET_NLT", "ET_MNLT"), "numericMeas", True)
 
     def _pass_fail_test(self, row: _Row) -> None:
         self._test_step(row, "boolean", ("ET_PFT", "ET_MPFT"), "booleanMeas")
@@ -955,7 +965,8 @@ MAX_SERIES_POINTS = 10000
 
 
 def _has_measurement(measurements: list[dict[str, Any]], name: str | None) -> bool:
-    # The same measure name again is the step's next run (a loop), so it starts a new step.
+    # In the legacy MultipleNumericLimitTest lines the same measure name again is the step's
+    # next run (a loop). Other lines group as Virinco's converter does, repeats included.
     return name is not None and any(m.get("name") == name for m in measurements)
 
 

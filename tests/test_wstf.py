@@ -779,3 +779,21 @@ def test_file_encoding_as_a_code_page_number(tmp_path: Path) -> None:
     [report] = convert(tmp_path, wstf(header=HEADER + "Note\tMüller\n"), "cp1252",
                        fileEncoding="1252")  # fmt: skip
     assert report["miscInfos"] == [{"description": "Note", "text": "Müller"}]
+
+
+def test_a_flying_probe_export_groups_runs_of_one_step_name(tmp_path: Path) -> None:
+    # Shaped like a real flying-probe export: every line names its measure "P-Auto"; lines of
+    # one net in a row make one step with several measurements, as in Virinco's converter.
+    line = "NumericLimitTest\t{}\tP-Auto\t{}\t100.0\t100.0\tGT\tO\tPassed\t1.000000\t\t0\t\t\n"
+    nets = ["ISH935", "ISH94", "ISH94", "ISH94", "IP2P96", "ISH935"]
+    steps = "".join(line.format(net, 200 + n) for n, net in enumerate(nets))
+    columns = COLUMNS + "\tStepExecutionTime\tStepReportText\tStepErrorCode\tStepErrorMessage"
+    text = wstf(steps).replace(COLUMNS, columns + "\tCausedSequenceFailure")
+
+    [report] = convert(tmp_path, text)
+
+    assert [(s["name"], len(s["numericMeas"])) for s in steps_of(report)] == [
+        ("ISH935", 1), ("ISH94", 3), ("IP2P96", 1), ("ISH935", 1),
+    ]  # fmt: skip
+    assert {m["name"] for s in steps_of(report) for m in s["numericMeas"]} == {"P-Auto"}
+    assert all(s["stepType"] == "ET_MNLT" for s in steps_of(report))
