@@ -356,3 +356,19 @@ def test_attachments_are_kept_and_single_limits_sit_in_low_limit(tmp_path: Path)
         "contentType": "image/png",
         "data": "iVBORw0KGgo=",
     }
+
+
+def test_an_attachment_exported_without_its_bytes_keeps_what_it_has(tmp_path: Path) -> None:
+    # Server exports name the file and its type but leave the bytes out (Size only).
+    content = wsxf(report_xml()).replace(
+        'HighLimit="5.1" Status="Passed" />',
+        'HighLimit="5.1" Status="Passed" />'
+        '<Attachment Name="winhlp32.exe" ContentType="application/x-msdownload" Size="10240" />',
+    )
+
+    (report,) = convert(write(tmp_path, content))
+
+    assert report["root"]["steps"][0]["attachment"] == {
+        "name": "winhlp32.exe",
+        "contentType": "application/x-msdownload",
+    }
