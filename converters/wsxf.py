@@ -55,7 +55,7 @@ SINGLE_LIMIT_OPERATORS = frozenset({"EQ", "NE", "LT", "LE", "GT", "GE"})
 ATTACHMENT_TAGS = frozenset({"Attachment", "Binary", "BinaryData"})
 
 _REPORT_CHILDREN = frozenset(
-    {"UUT", "Process", "MiscInfo", "ReportUnitHierarchy", "Step", *ATTACHMENT_TAGS}
+    {"UUT", "Process", "MiscInfo", "ReportUnitHierarchy", "Step", "Asset", *ATTACHMENT_TAGS}
 )
 _UUR_REPORT_CHILDREN = frozenset(
     {"UUR", "Process", "MiscInfo", "ReportUnitHierarchy", "Failures", *ATTACHMENT_TAGS}
@@ -233,11 +233,18 @@ class _WSXFReader:
             "uut": self.uut(uut),
             "miscInfos": [self.misc_info(misc) for misc in children.get("MiscInfo", [])],
             "subUnits": [self.sub_unit(unit) for unit in children.get("ReportUnitHierarchy", [])],
-            # Assets and additional data have no mapping yet; children() refuses them.
-            "assets": [],
+            # Additional data has no mapping yet; children() refuses it.
+            "assets": [self.asset(asset) for asset in children.get("Asset", [])],
             "additionalData": [],
             **self.report_attachments(children),
         }
+
+    def asset(self, element: Element) -> dict[str, Any]:
+        """Test equipment used: its serial number and how often it has been used."""
+        serial = self.text(element, "AssetSN") or self.text(element, "SN")
+        if serial is None:
+            raise self.error(element, "an asset needs its serial number (AssetSN)")
+        return _without_none(sn=serial, usageCount=self.integer(element, "UsageCount"))
 
     def report_attachments(self, children: dict[str, list[Element]]) -> dict[str, Any]:
         found = [item for tag in ATTACHMENT_TAGS for item in children.get(tag, [])]

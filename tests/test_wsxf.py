@@ -215,8 +215,10 @@ def test_bad_values_name_the_line(tmp_path: Path, broken: str, message: str) -> 
     ("replace", "by", "message"),
     [
         ('type="UUT"', 'type="UUR"', "<UUT>: not supported inside <Report>"),
-        ('<UUT UserLoginName="op"', '<Asset AssetSN="A1"/><UUT UserLoginName="op"',
-         "line 5, <Asset>: not supported inside <Report>"),
+        ('<UUT UserLoginName="op"', '<Fixture SN="A1"/><UUT UserLoginName="op"',
+         "line 5, <Fixture>: not supported inside <Report>"),
+        ('<UUT UserLoginName="op"', '<Asset UsageCount="3"/><UUT UserLoginName="op"',
+         "line 5, <Asset>: an asset needs its serial number"),
         ('ID="', 'ID="x', "ID='x6f1c2a9e-0d7b-4c1e-9a4f-2b8e5d3c7a10' is not a UUID"),
         ('Result="Passed"', 'Result="Skipped"', "invalid report: result: 'S' is not one of"),
         ('PN="PN1"', 'PN=" "', "invalid report: pn: is required"),
@@ -372,3 +374,12 @@ def test_an_attachment_exported_without_its_bytes_keeps_what_it_has(tmp_path: Pa
         "name": "winhlp32.exe",
         "contentType": "application/x-msdownload",
     }
+
+
+def test_assets_are_kept(tmp_path: Path) -> None:
+    content = wsxf(report_xml()).replace(
+        '<UUT UserLoginName="op"',
+        '<Asset AssetSN="DMM-7" UsageCount="1200" /><UUT UserLoginName="op"',
+    )
+    (report,) = convert(write(tmp_path, content))
+    assert report["assets"] == [{"sn": "DMM-7", "usageCount": 1200}]
