@@ -56,6 +56,11 @@ def store_processes(path: Path, processes: list[dict[str, Any]]) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)
 
 
 def cache_age_s(path: Path) -> float | None:
