@@ -32,6 +32,9 @@ class Converter:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1.0.0"
     file_patterns: ClassVar[tuple[str, ...]] = ("*",)
+    # The station's cached list of the server's processes (converters.processes), set by the
+    # converter worker; None where there is none (a converter used on its own).
+    processes_file: Path | None = None
 
     def __init__(self, **arguments: Any) -> None:
         self.arguments = arguments

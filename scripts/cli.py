@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wats_station.converters.processes import PROCESSES_FILE_NAME
 from wats_station.ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
 from wats_station.ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
 
@@ -331,16 +332,40 @@ def _load_config(paths: InstancePaths) -> Any:
 
 
 def _pick_converter(config: Any, path: Path, name: str | None) -> Any:
+    """The configured converter for ``path``: the one named, else the one its content calls for.
+
+    Content decides first (a TestStand XML file is not WSXF whatever its extension); a file no
+    standard converter recognises goes to the first CSV or custom converter whose patterns
+    match; failing that, the error says what the file looks like.
+    """
+    from wats_station.converters.recognise import RECOGNISED, recognise
+
     if name:
         conv = config.converter(name)
         if conv is None:
             known = ", ".join(c.name for c in config.converters)
             raise CliError(f"no converter named {name!r} (configured: {known})", EXIT_USAGE)
         return conv
+    try:
+        standard, looks_like = recognise(path)
+    except OSError as error:
+        raise CliError(f"{path}: cannot read it: {error.strerror or error}") from None
+    if standard is not None:
+        for conv in config.converters:
+            if conv.kind == "python" and conv.module == standard:
+                print(f"{path}: {looks_like}: converting with {conv.name!r}", file=sys.stderr)
+                return conv
     for conv in config.converters:
+        if conv.kind == "python" and conv.module in RECOGNISED:
+            continue  # its format is recognised by content, and this file is not it
         if any(fnmatch.fnmatch(path.name.lower(), p.lower()) for p in conv.file_patterns):
+            print(f"{path}: converting with {conv.name!r} (its patterns match)", file=sys.stderr)
             return conv
-    raise CliError(f"no configured converter matches {path.name}; name one with --converter")
+    missing = f"; no converter with module {standard!r} is configured" if standard else ""
+    raise CliError(
+        f"{path}: no configured converter recognises this file: it looks like {looks_like}"
+        f"{missing}; name one with --converter"
+    )
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -356,6 +381,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "converter": asdict(conv),
         "converters_folder": config.converters_folder,
         "station": asdict(config.station),
+        "processes_file": str(_paths(args).data_dir / PROCESSES_FILE_NAME),
     }
     try:
         result = subprocess.run(
@@ -508,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = add("convert", cmd_convert, "convert one file in a worker process and print the WSJF")
     p.add_argument("file")
-    p.add_argument("--converter", help="converter name (default: the first whose patterns match)")
+    p.add_argument("--converter", help="converter name (default: picked by the file's content)")
     p = add("converters", cmd_converters, "list the configured converters and their folders")
     p.add_argument("action", choices=("list",))
     p.add_argument("--json", action="store_true")

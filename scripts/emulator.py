@@ -1,9 +1,9 @@
 """A WATS server on loopback for tests, demos, benchmarks and chaos runs, with switchable faults.
 
 The API port answers what a station uses (``POST /api/Report/WSJF``, ``GET /api/Report/Wsjf/{id}``,
-``GET /api/App/Version``). The admin port never goes down and serves the counters and the fault
-switches (``/_stats``, ``/_received``, ``/_faults``, ``/_reset``); the API port serves them too
-while it is up::
+``GET /api/App/Version``, ``GET /api/App/Processes``). The admin port never goes down and serves
+the counters and the fault switches (``/_stats``, ``/_received``, ``/_faults``, ``/_reset``);
+the API port serves them too while it is up::
 
     with Emulator(token="secret", seed=1) as server:
         server.set_faults(failure_rate=0.2, latency_ms=50)
@@ -42,6 +42,18 @@ from urllib.parse import unquote, urlsplit
 from wats_station.supervisor.atomic import write_atomically
 
 VERSION = "24.1.0-emulator"
+# The process list a fresh WATS server has (operation types by code), as GET /api/App/Processes
+# answers it; Emulator(processes=...) serves another.
+DEFAULT_PROCESSES: tuple[dict[str, Any], ...] = tuple(
+    {"code": code, "name": name, "description": name, "processIndex": index, "state": 1,
+     "isTestOperation": kind == "test", "isRepairOperation": kind == "repair",
+     "isWipOperation": kind == "wip"}
+    for index, (code, name, kind) in enumerate(
+        [(10, "SW Debug", "test"), (15, "PCBA Test", "test"), (20, "Final Function Test", "test"),
+         (90, "Burn In test", "test"), (100, "End of line test", "test"),
+         (500, "Repair", "repair"), (600, "Assembly", "wip")]
+    )
+)  # fmt: skip
 _log = logging.getLogger("wats.emulator")
 
 
@@ -277,8 +289,10 @@ class Emulator:
         token: str | None = None,
         store_dir: Path | None = None,
         seed: int | None = None,
+        processes: list[dict[str, Any]] | None = None,
     ) -> None:
         self.host = host
+        self.processes = list(DEFAULT_PROCESSES if processes is None else processes)
         self._api_port = port
         self._admin_port = admin_port
         self._token = token
@@ -408,6 +422,8 @@ class Emulator:
             return self._read_back(unquote(path.rstrip("/").rsplit("/", 1)[1]))
         if method == "GET" and route == "/api/app/version":
             return _json_reply(200, VERSION)
+        if method == "GET" and route == "/api/app/processes":
+            return _json_reply(200, self.processes)
         return _message(404, f"No HTTP resource was found that matches the request URI '{path}'.")
 
     def _submit(self, body: bytes, faults: dict[str, Any]) -> Reply | None:

@@ -27,7 +27,7 @@ TOKEN_ENV = "WATS_STATION_TOKEN"
 SECRET_KEYS = frozenset({"token"})
 MASK = "********"
 
-STANDARD_CONVERTERS = ("wsjf", "wsxf", "wstf", "csv")
+STANDARD_CONVERTERS = ("wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf")
 CONVERTER_KINDS = ("python", "process", "native")
 POST_ACTIONS = ("move", "delete", "archive", "keep")
 
@@ -122,7 +122,7 @@ class WatchSettings:
 class ConverterSettings:
     name: str = key(help="unique name of this converter")
     kind: str = key("python", one_of(*CONVERTER_KINDS), "python, process or native")
-    module: str = key("", help="python: a standard name (wsjf, wsxf, wstf, csv) or module.Class")
+    module: str = key("", help="python: a standard name (see STANDARD_CONVERTERS) or module.Class")
     command: list[str] = key(list, help="process: argv; {input} and {output} are replaced")
     output: str = key("stdout", one_of("stdout", "file"), "process: where WSJF comes out")
     library: str = key("", help="native: path of the shared library")
@@ -162,8 +162,13 @@ class Config:
 
 def default_converters() -> list[ConverterSettings]:
     return [
-        ConverterSettings(name=name, kind="python", module=name, file_patterns=[f"*.{ext}"])
-        for name, ext in zip(STANDARD_CONVERTERS, ("json", "xml", "txt", "csv"), strict=True)
+        # Both cases: testers on Windows write "REPORT.XML", and Linux matches case-sensitively.
+        ConverterSettings(
+            name=name, kind="python", module=name, file_patterns=[f"*.{ext}", f"*.{ext.upper()}"]
+        )
+        for name, ext in zip(
+            STANDARD_CONVERTERS, ("json", "xml", "txt", "csv", "xml", "xml", "json"), strict=True
+        )
     ]
 
 

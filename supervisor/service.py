@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 from setproctitle import setproctitle
 
+from wats_station.converters.processes import PROCESSES_FILE_NAME
 from wats_station.ipc.endpoints import InstancePaths, prepare_runtime_dir
 from wats_station.ipc.protocol import (
     ErrorCode,
@@ -385,7 +386,16 @@ class Station:
         worker.hello(identity, now)
         self._send_to(
             worker,
-            Message(MsgType.WELCOME, {"settings": self.worker_settings(worker.kind, self.config)}),
+            Message(
+                MsgType.WELCOME,
+                {
+                    "settings": {
+                        **self.worker_settings(worker.kind, self.config),
+                        # uploaders refresh this cache, converters read it (converters.processes)
+                        "processes_file": str(self.paths.data_dir / PROCESSES_FILE_NAME),
+                    }
+                },
+            ),
         )
         if worker.state is WorkerState.STOPPING:
             self._send_to(worker, Message(MsgType.SHUTDOWN))

@@ -33,6 +33,7 @@ class ConverterWorker(Worker):
         folder = settings.get("converters_folder")
         self.search_paths = [Path(folder)] if folder else []
         self.station = settings.get("station", {})
+        self.processes_file = settings.get("processes_file")
         self._instances: dict[str, Any] = {}
         self._limit_memory()
 
@@ -51,7 +52,7 @@ class ConverterWorker(Worker):
     def converter(self, name: str) -> Any:
         if name not in self._instances:
             self._instances[name] = build_converter(
-                self.settings_by_name[name], self.search_paths, self.station
+                self.settings_by_name[name], self.search_paths, self.station, self.processes_file
             )
         return self._instances[name]
 
@@ -96,7 +97,10 @@ def serialise(report: Report, index: int, path: Path) -> dict[str, Any]:
 
 
 def build_converter(
-    settings: dict[str, Any], search_paths: list[Path], station: dict[str, Any]
+    settings: dict[str, Any],
+    search_paths: list[Path],
+    station: dict[str, Any],
+    processes_file: str | None = None,
 ) -> Any:
     arguments = {
         "station_name": station.get("name"),
@@ -107,7 +111,10 @@ def build_converter(
     kind = settings["kind"]
     if kind == "python":
         cls = load_converter_class(settings["module"], search_paths)
-        return cls(**arguments)
+        converter = cls(**arguments)
+        # Not an argument: user converters need not know it; those that look names up read it.
+        converter.processes_file = Path(processes_file) if processes_file else None
+        return converter
     if kind == "process":
         from wats_station.converters.external import ProcessConverter
 
@@ -132,13 +139,17 @@ def convert_once() -> int:
     settings = job["converter"]
     folder = job.get("converters_folder")
     try:
-        converter = build_converter(settings, [Path(folder)] if folder else [], job["station"])
+        converter = build_converter(
+            settings, [Path(folder)] if folder else [], job["station"], job.get("processes_file")
+        )
         reports = ensure_report_ids(list(converter.convert(path)), path.read_bytes())
         if not reports:
             raise JobError(f"converter {settings['name']!r} produced no report from {path.name}")
         serialised = [serialise(report, index, path) for index, report in enumerate(reports)]
     except (ConversionError, JobError, OSError, ValueError) as error:
-        print(f"{path}: {error}", file=sys.stderr)
+        message = str(error)
+        # Converters name the file in their messages already; say it once.
+        print(message if message.startswith(str(path)) else f"{path}: {message}", file=sys.stderr)
         return 1
     documents = [json.loads(item["json"]) for item in serialised]
     json.dump(documents[0] if len(documents) == 1 else documents, sys.stdout, indent=2)

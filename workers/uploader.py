@@ -3,15 +3,28 @@
 It keeps no state about reports: the supervisor sends one job per report and decides what
 an answer means for the queue. Each pool thread has its own ``requests.Session``
 (Sessions are not documented as thread-safe), so connections are reused per thread.
+
+While the server answers, it also refreshes the station's cached list of the server's processes
+(operation types), which converters read to turn an operation type name into its code.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import requests
 
+from wats_station.converters.processes import (
+    PROCESSES_PATH,
+    REFRESH_S,
+    cache_age_s,
+    compact_processes,
+    store_processes,
+)
 from wats_station.ipc.protocol import JobKind, UploadOutcome
 from wats_station.workers.base import JobError, Worker, run_worker
 from wats_station.workers.crashpoints import crash_point
@@ -19,6 +32,9 @@ from wats_station.workers.crashpoints import crash_point
 REPORT_PATH = "/api/Report/WSJF"
 VERSION_PATH = "/api/App/Version"
 MAX_MESSAGE_CHARS = 2000
+
+log = logging.getLogger(__name__)
+RETRY_S = 60.0  # how soon to try again for a process list the server did not give
 
 
 def classify(status: int) -> UploadOutcome:
@@ -66,6 +82,13 @@ class UploaderWorker(Worker):
         self.base_url = self.server["url"].rstrip("/")
         self.timeout = (self.upload["connect_timeout_s"], self.upload["read_timeout_s"])
         self._local = threading.local()
+        processes_file = settings.get("processes_file")
+        self.processes_file = Path(processes_file) if processes_file else None
+        if self.processes_file is not None and not getattr(self, "_refresher", None):
+            self._refresher = threading.Thread(
+                target=self.keep_processes_fresh, name="processes", daemon=True
+            )
+            self._refresher.start()
 
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -124,6 +147,38 @@ class UploaderWorker(Worker):
             "http_status": response.status_code,
             "message": server_message(response),
         }
+
+    def keep_processes_fresh(self) -> None:
+        """Keep the cached process list fresh: at start, then hourly; every minute without one.
+
+        Never fatal: a station without the list still converts every file that gives its
+        operation type as a code.
+        """
+        while True:
+            fetched = self.refresh_processes()
+            time.sleep(REFRESH_S if fetched else RETRY_S)
+
+    def refresh_processes(self) -> bool:
+        """Fetch the list into the cache file when it is missing or old; True when it is fresh."""
+        assert self.processes_file is not None
+        age = cache_age_s(self.processes_file)
+        if age is not None and age < REFRESH_S:
+            return True
+        try:
+            response = requests.get(
+                self.base_url + PROCESSES_PATH,
+                headers={"Authorization": f"Basic {self.server['token']}"},
+                timeout=self.timeout,
+            )
+            response.raise_for_status()
+            processes = compact_processes(response.json())
+            if not processes:
+                raise ValueError("the server's process list is empty")
+            store_processes(self.processes_file, processes)
+        except (requests.RequestException, ValueError, OSError) as error:
+            log.info("could not refresh the server's process list: %s", error)
+            return False
+        return True
 
 
 def describe(error: requests.RequestException) -> str:
