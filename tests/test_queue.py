@@ -572,9 +572,9 @@ def assert_refused_untouched(path: Path, match: str) -> None:
 def test_a_queue_from_a_newer_wats_station_is_refused_untouched(db_path: Path) -> None:
     make_queue_file(db_path)
     with sqlite3.connect(db_path) as db:
-        db.execute("PRAGMA user_version = 3")
+        db.execute("PRAGMA user_version = 4")
     db.close()
-    assert_refused_untouched(db_path, r"schema version 3, newer than this wats-station knows \(2\)")
+    assert_refused_untouched(db_path, r"schema version 4, newer than this wats-station knows \(3\)")
 
 
 def test_a_file_that_is_not_sqlite_is_refused_untouched(db_path: Path) -> None:
@@ -622,11 +622,30 @@ def test_a_missing_folder_is_refused_not_created(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-def test_an_empty_file_becomes_a_new_queue(db_path: Path) -> None:
+def test_an_empty_file_is_refused_never_taken_for_an_empty_queue(db_path: Path) -> None:
     db_path.touch()
+    with pytest.raises(QueueError, match=rf"queue database {db_path} is empty \(0 bytes\)"):
+        ReportQueue(db_path)
+    assert db_path.read_bytes() == b""
+
+
+def test_an_empty_sqlite_file_is_refused_too(db_path: Path) -> None:
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.executescript("CREATE TABLE t (x); DROP TABLE t")  # a valid SQLite file, no tables
+    db.close()
+    assert_refused_untouched(db_path, r"is not a wats-station queue \(schema version 0")
+
+
+def test_a_new_queue_is_made_only_where_there_was_no_file(db_path: Path) -> None:
     q = ReportQueue(db_path)
     try:
+        assert q.created
         q.enqueue([report()])
-        assert q.stats()["pending"] == 1
     finally:
         q.close()
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["queue.db"]  # no leftovers
+    again = ReportQueue(db_path)
+    try:
+        assert not again.created and again.stats()["pending"] == 1
+    finally:
+        again.close()
