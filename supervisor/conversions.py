@@ -365,7 +365,12 @@ class Conversions:
     # -- reporting --------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        return {"waiting": len(self.waiting), "in_flight": len(self.in_flight), **self.counts}
+        return {
+            "waiting": len(self.waiting),
+            "in_flight": len(self.in_flight),
+            "deferred": len(self.deferred),
+            **self.counts,
+        }
 
     def describe(self) -> list[dict[str, Any]]:
         described = describe_converters(self.station.config.converters)

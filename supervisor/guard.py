@@ -105,11 +105,10 @@ class QueueGuard:
     def _admission(self, free: int) -> None:
         settings = self.station.config.admission
         free_mb = free / MB
-        if DISK_LOW in self.alarms:
-            if free_mb >= settings.resume_above_mb:
-                self._clear(DISK_LOW, f"{free_mb:.0f} MB free on the queue's disk")
-        elif free_mb < settings.stop_below_mb:
-            self._raise(
+        if DISK_LOW in self.alarms and free_mb >= settings.resume_above_mb:
+            self._clear(DISK_LOW, f"{free_mb:.0f} MB free on the queue's disk")
+        elif DISK_LOW in self.alarms or free_mb < settings.stop_below_mb:
+            self._raise(  # while it lasts, the message follows the free space
                 DISK_LOW,
                 f"only {free_mb:.0f} MB free on the disk holding the queue "
                 f"({self.station.queue.path.parent}), below admission.stop_below_mb "

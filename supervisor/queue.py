@@ -371,6 +371,7 @@ class ReportQueue:
                 target = _beside(self.path, "rescued")
                 os.link(temp, target)
             os.unlink(temp)
+            _unlink_our_journal(self.path)
             _fsync_dir(self.path.parent)
         except (OSError, sqlite3.Error) as error:
             return (
@@ -937,6 +938,26 @@ def _create_file(path: Path) -> None:
         raise QueueError(f"cannot create queue database {path}: {reason}") from error
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _unlink_our_journal(path: Path) -> None:
+    """Remove the -wal and -shm of a queue file that left us, if they are the ones we hold open.
+
+    SQLite keeps them (the database "has moved"), and whatever file is opened at the path next
+    would take them for its own: our WAL replayed onto another database. Our connection keeps
+    its descriptors, and the backup already holds every committed page.
+    """
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            info = os.stat(f"/proc/self/fd/{fd}")
+            ours.add((info.st_dev, info.st_ino))
+    for suffix in ("-wal", "-shm"):
+        journal = Path(f"{path}{suffix}")
+        with contextlib.suppress(OSError):
+            info = os.stat(journal)
+            if (info.st_dev, info.st_ino) in ours:
+                journal.unlink()
 
 
 def _beside(path: Path, what: str) -> Path:

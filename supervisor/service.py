@@ -185,7 +185,8 @@ class Station:
                 d for d in (worker.next_start_at, worker.stop_deadline, worker.kill_deadline) if d
             ]
             deadlines += [job.deadline for job in worker.jobs.values() if job.deadline]
-        if self.state is not ServiceState.STOPPING:  # stopping: no uploads are dispatched
+        # Stopping, or a queue that cannot be written: no uploads are dispatched.
+        if self.state is not ServiceState.STOPPING and self.guard.writes_ok:
             deadlines.append(self.uploads.next_wake(now))
         return min(max(0.0, min(deadlines) - now), self.config.supervisor.heartbeat_interval_s)
 

@@ -18,7 +18,13 @@ from pathlib import Path
 import pytest
 
 from wats_station.ipc.states import ReportState, SourceState
-from wats_station.supervisor.queue import FIFO_WINDOW, QueueError, ReportQueue
+from wats_station.supervisor.queue import (
+    FIFO_WINDOW,
+    QueueError,
+    QueueLost,
+    QueueWriteError,
+    ReportQueue,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
@@ -647,5 +653,100 @@ def test_a_new_queue_is_made_only_where_there_was_no_file(db_path: Path) -> None
     again = ReportQueue(db_path)
     try:
         assert not again.created and again.stats()["pending"] == 1
+    finally:
+        again.close()
+
+
+# -- guarding itself: checksums, named write errors, a file that leaves us -------------------
+
+
+def test_a_v2_queue_gets_payload_checksums_and_a_damaged_payload_fails_its_report(
+    db_path: Path,
+) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(4)]
+    q.enqueue(items)
+    q.close()
+    with sqlite3.connect(db_path) as db:  # back to the v2 layout, as an older station left it
+        db.execute("ALTER TABLE report DROP COLUMN payload_crc32")
+        db.execute("ALTER TABLE report DROP COLUMN waiting_crc32")
+        db.execute("PRAGMA user_version = 2")
+        db.execute("UPDATE report SET payload = X'789c0badbeef' WHERE id = ?", (items[1][0],))
+    db.close()
+    q = ReportQueue(db_path)
+    try:
+        with sqlite3.connect(db_path) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (3,)
+            assert db.execute("SELECT COUNT(*) FROM report WHERE payload_crc32 IS NULL").fetchone()
+        told: list[tuple[str, str]] = []
+        claimed = q.claim_due(10, on_damaged=lambda *damage: told.append(damage))
+        assert [r.id for r in claimed] == [items[0][0], items[2][0], items[3][0]]
+        assert [r.payload for r in claimed] == [items[0][1], items[2][1], items[3][1]]
+        (failed,) = q.list(ReportState.FAILED)
+        assert failed.id == items[1][0] and "cannot be read" in failed.last_error
+        assert told == [(failed.id, failed.last_error)]
+    finally:
+        q.close()
+
+
+def test_changed_payload_bytes_are_caught_by_the_checksum(db_path: Path) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(3)]
+    q.enqueue(items)
+    with sqlite3.connect(db_path) as db:
+        (blob,) = db.execute("SELECT payload FROM report WHERE id = ?", (items[0][0],)).fetchone()
+        db.execute(
+            "UPDATE report SET payload = ? WHERE id = ?", (blob[:-6] + b"\0" * 6, items[0][0])
+        )
+    db.close()
+    try:
+        assert [r.id for r in q.claim_due(10)] == [items[1][0], items[2][0]]
+        (failed,) = q.list(ReportState.FAILED)
+        assert "damaged (checksum mismatch" in failed.last_error
+        with pytest.raises(QueueError, match="damaged"):
+            q.get(items[0][0])
+    finally:
+        q.close()
+
+
+def test_a_full_disk_is_named_as_such_and_writes_work_again_when_space_returns(
+    db_path: Path,
+) -> None:
+    q = ReportQueue(db_path)
+    try:
+        pages = q._sql("PRAGMA page_count").fetchone()[0]
+        q._sql(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own SQLITE_FULL
+        accepted = 0
+        with pytest.raises(QueueWriteError) as full:
+            for _ in range(200):
+                q.enqueue([(str(uuid.uuid4()), os.urandom(3000).hex().encode())])
+                accepted += 1
+        assert full.value.kind == "disk_full"
+        assert str(full.value).startswith(f"the disk holding the queue is full ({db_path}")
+        assert "rollback" not in str(full.value)
+        q._sql("PRAGMA max_page_count = 1000000")
+        q.enqueue([report()])
+        assert q.stats()["pending"] == accepted + 1
+    finally:
+        q.close()
+
+
+def test_a_queue_file_deleted_under_us_is_written_back_and_refuses_writes(db_path: Path) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(5)]
+    q.enqueue(items)
+    db_path.unlink()
+    try:
+        with pytest.raises(QueueLost, match=f"written back to {db_path}"):
+            q.enqueue([report(9)])
+        with pytest.raises(QueueLost):  # and every later write, without looking again
+            q.claim_due(1)
+        assert q.stats()["pending"] == 5  # still readable
+    finally:
+        q.close()
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["queue.db"]  # no stale WAL
+    again = ReportQueue(db_path)
+    try:
+        assert sorted(r.id for r in again.list()) == sorted(i for i, _ in items)
     finally:
         again.close()
