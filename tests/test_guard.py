@@ -395,6 +395,7 @@ def test_below_the_free_space_watermark_no_new_work_is_taken_until_above_the_hig
     low = fill(data, leave_bytes=6 * MB)  # 6 MB free: below the 8 MB mark
     message = wait_until(lambda: alarms(station).get("disk_low"), 10, "the disk_low alarm")
     assert "below admission.stop_below_mb (8 MB)" in message
+    assert "ALARM      disk_low: only" in station.cli("status", check=True).stdout
     failure = refused(station, sample_report(50))
     assert failure.code == "unavailable" and "admission.stop_below_mb" in str(failure)
     files = drop_files(home / "drop", range(2000, 2002))
