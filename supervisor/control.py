@@ -79,6 +79,8 @@ def dispatch(station: Station, request: Message) -> Message:
         return reply_ok(request.id, run(station, name, args))
     except CommandError as error:
         return reply_error(request.id, error.code, str(error))
+    except QueueWriteError as error:  # the disk, not the request: say which
+        return reply_error(request.id, ErrorCode.UNAVAILABLE, f"{name}: {error}")
     except Exception as error:
         log.exception("control command %r failed", name)
         return reply_error(

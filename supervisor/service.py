@@ -341,7 +341,8 @@ class Station:
         if identity is not None:
             self.by_identity.pop(identity, None)
         for job in lost:
-            self._job_lost(worker, job, reason)
+            with self.guard.guarding():  # a full disk must not take the loop down with it
+                self._job_lost(worker, job, reason)
 
     def _job_lost(self, worker: WorkerProcess, job: Job, reason: str) -> None:
         tail = "\n".join(worker.output_tail)

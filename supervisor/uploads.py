@@ -238,7 +238,11 @@ class Uploads:
         if job.kind == JobKind.PROBE:
             self.probe_in_flight = False
             return
-        self.station.queue.release([job.data["report_id"]])
+        try:
+            self.station.queue.release([job.data["report_id"]])
+        except QueueWriteError:
+            self.unrecorded.add(job.data["report_id"])
+            raise
         self.wake()
 
     def _probe_done(self, body: dict[str, Any]) -> None:

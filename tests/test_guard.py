@@ -25,7 +25,7 @@ import requests
 from requests import Response
 
 from wats_station.emulator import Emulator
-from wats_station.ipc.client import CommandFailed
+from wats_station.ipc.client import CommandFailed, EventStream
 from wats_station.lab.harness import Station, wait_until
 from wats_station.samples import sample_report
 from wats_station.supervisor.queue import ReportQueue
@@ -155,8 +155,13 @@ def test_a_queue_file_deleted_under_the_station_is_written_back_and_new_work_ref
         station = make_station(config=config(emulator), env={"NOTIFY_SOCKET": str(notify)})
         ids = submit(station, 20)
         queue_db = station.paths.queue_db
-        queue_db.unlink()  # `rm queue.db` under the running station
-        lost = wait_until(lambda: alarms(station).get("queue_lost"), 10, "the queue_lost alarm")
+        with EventStream(paths=station.paths) as events:
+            events.snapshot()
+            queue_db.unlink()  # `rm queue.db` under the running station
+            event = wait_until(lambda: alarm_event(events), 10, "an alarm event")
+        assert event == {"alarm": "queue_lost", "active": True, "message": event["message"]}
+        lost = alarms(station)["queue_lost"]
+        assert lost == event["message"]
         assert f"the queue database {queue_db} was deleted" in lost
         assert f"written back to {queue_db}" in lost
         failure = refused(station, sample_report(99))
@@ -173,6 +178,11 @@ def test_a_queue_file_deleted_under_the_station_is_written_back_and_new_work_ref
     station.start()  # on the file written back: all 20 are there and go out
     wait_until(lambda: emulator.stats()["unique"] == 20, 30, "all 20 delivered")
     assert sorted(emulator.received_ids()) == sorted(ids)
+
+
+def alarm_event(events: EventStream) -> dict | None:
+    event = events.next(0.2)
+    return event.data if event is not None and event.topic == "alarm" else None
 
 
 def read_datagrams(listener: socket.socket, into: list[str]) -> None:
@@ -403,8 +413,8 @@ def test_below_the_free_space_watermark_no_new_work_is_taken_until_above_the_hig
     assert all(path.exists() for path in files)  # they stay where the test program put them
     wait_until(lambda: emulator.stats()["unique"] == 2, 20, "uploads going on meanwhile")
 
-    low.unlink()
-    fill(data, leave_bytes=10 * MB)  # 10 MB: above the stop mark, below the resume mark
+    # 10 MB, in one step: above the stop mark, below the resume mark.
+    os.truncate(low, low.stat().st_size - (10 * MB - free(data)))
     wait_until(lambda: "only 10 MB free" in alarms(station).get("disk_low", ""), 10, "10 MB seen")
     assert refused(station, sample_report(51)).code == "unavailable"
     assert all(path.exists() for path in files)
