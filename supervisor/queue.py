@@ -27,6 +27,7 @@ I/O error, read-only...), never a bare OperationalError.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sqlite3
 import time
@@ -366,11 +367,11 @@ class ReportQueue:
                 copy.close()
             _fsync_file(temp)
             try:
-                os.link(temp, target)  # never over a file that appeared meanwhile
+                _link_into_place(temp, target)
             except FileExistsError:
                 target = _beside(self.path, "rescued")
-                os.link(temp, target)
-            os.unlink(temp)
+                _link_into_place(temp, target)
+            temp.unlink(missing_ok=True)
             _unlink_our_journal(self.path)
             _fsync_dir(self.path.parent)
         except (OSError, sqlite3.Error) as error:
@@ -925,7 +926,7 @@ def _create_file(path: Path) -> None:
         finally:
             db.close()
         _fsync_file(temp)
-        os.link(temp, path)
+        _link_into_place(temp, path)
         _fsync_dir(path.parent)
     except FileExistsError:
         raise QueueError(
@@ -938,6 +939,21 @@ def _create_file(path: Path) -> None:
         raise QueueError(f"cannot create queue database {path}: {reason}") from error
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _link_into_place(temp: Path, target: Path) -> None:
+    """Give `temp` the name `target`, never over an existing file (FileExistsError)."""
+    try:
+        os.link(temp, target)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        # A file system without hard links: look, then rename (a tiny window, not none).
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, "file exists", str(target)) from None
+        os.rename(temp, target)
 
 
 def _unlink_our_journal(path: Path) -> None:

@@ -26,8 +26,10 @@ from requests import Response
 
 from wats_station.emulator import Emulator
 from wats_station.ipc.client import CommandFailed, EventStream
+from wats_station.ipc.endpoints import instance_paths
 from wats_station.lab.harness import Station, wait_until
 from wats_station.samples import sample_report
+from wats_station.supervisor.config import ConfigError, parse_config
 from wats_station.supervisor.queue import ReportQueue
 from wats_station.workers.uploader import answer_lost, receipt_problem
 
@@ -477,3 +479,15 @@ def test_a_refused_connection_is_offline_but_a_cut_answer_is_lost():
                 timeout=5,
             )
     assert answer_lost(cut.value)
+
+
+def test_admission_watermarks_have_defaults_and_the_resume_mark_may_not_be_below_the_stop_one(
+    home,
+):
+    paths = instance_paths("default", env={"WATS_STATION_HOME": str(home)})
+    defaults = parse_config({}, paths, env={}).admission
+    assert (defaults.stop_below_mb, defaults.resume_above_mb) == (500.0, 1000.0)
+    with pytest.raises(ConfigError, match=r"admission.resume_above_mb: must be at least"):
+        parse_config({"admission": {"stop_below_mb": 100, "resume_above_mb": 50}}, paths, env={})
+    with pytest.raises(ConfigError, match=r"admission.stop_below_mb: must be between"):
+        parse_config({"admission": {"stop_below_mb": -1}}, paths, env={})
