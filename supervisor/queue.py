@@ -360,6 +360,7 @@ class ReportQueue:
         target = self.path if free else _beside(self.path, "rescued")
         temp = _beside(self.path, f"rescue-{os.getpid()}")
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # `rm -rf` took the folder too
             copy = sqlite3.connect(temp)
             try:
                 self._db.connection().backup(copy)

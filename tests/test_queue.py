@@ -6,6 +6,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -748,5 +749,26 @@ def test_a_queue_file_deleted_under_us_is_written_back_and_refuses_writes(db_pat
     again = ReportQueue(db_path)
     try:
         assert sorted(r.id for r in again.list()) == sorted(i for i, _ in items)
+    finally:
+        again.close()
+
+
+def test_a_queue_folder_removed_with_its_file_is_recreated_to_hold_the_rescue(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    q = ReportQueue(folder / "queue.db")
+    items = [report(n) for n in range(3)]
+    q.enqueue(items)
+    shutil.rmtree(folder)
+    try:
+        with pytest.raises(QueueLost, match="written back"):
+            q.check_file()
+    finally:
+        q.close()
+    again = ReportQueue(folder / "queue.db")
+    try:
+        assert again.stats()["pending"] == 3
     finally:
         again.close()
