@@ -75,7 +75,9 @@ class UploadOutcome(StrEnum):
     UNAUTHORIZED = "unauthorized"  # 401/403: the token is wrong; nothing can succeed until fixed
     RATE_LIMITED = "rate_limited"  # 429: slow down for Retry-After
     SERVER_ERROR = "server_error"  # 5xx and other unexpected answers: retry with backoff
-    OFFLINE = "offline"  # refused, DNS, timeout, reset: the network or the server is away
+    OFFLINE = "offline"  # refused, DNS, connect timeout: the request never reached a server
+    NOT_WATS = "not_wats"  # 2xx, but not what WATS answers (an HTML page, another id...)
+    ANSWER_LOST = "answer_lost"  # sent, then reset or read timeout: it may have been stored
 
 
 ANY = object  # a field whose value may be any msgpack type

@@ -27,6 +27,7 @@ class ServerState(StrEnum):
     ONLINE = "Online"
     OFFLINE = "Offline"
     UNAUTHORIZED = "Unauthorized"
+    NOT_WATS = "NotWATS"  # it answers, but not like WATS (a proxy, a portal, a wrong URL)
 
 
 class ReportState(StrEnum):

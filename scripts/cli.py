@@ -120,6 +120,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"files      {files['converted']} converted, {files['failed']} failed, "
         f"{files['waiting']} waiting"
     )
+    for alarm in status.get("alarms", []):
+        print(f"ALARM      {alarm['alarm']}: {alarm['message']}")
     print()
     rows = [("WORKER", "KIND", "PID", "STATE", "RESTARTS", "UPTIME", "DOING")]
     for w in status["workers"]:

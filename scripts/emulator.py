@@ -12,8 +12,13 @@ the API port serves them too while it is up::
     python -m wats_station.emulator --port 8080 --token secret --verbose
 
 Report ids are compared as UUIDs, so they are stored and listed in canonical lower-case form.
-Faults other than ``unauthorized``, ``latency_ms`` and ``down`` apply to report POSTs only, so the
-connectivity check keeps answering while uploads fail.
+A stored report is answered as the real server does (``InsertReportResult``: ``{"ID": <the
+report's id>, "uuid": <id>, "Report_ID": <a number>}``, FORMATS.md and the pyWATS notes).
+Faults other than ``unauthorized``, ``latency_ms``, ``not_wats_rate`` and ``down`` apply to
+report POSTs only, so the connectivity check keeps answering while uploads fail.
+``not_wats_rate`` answers any API call with ``200`` and an HTML page and stores nothing, as a
+captive portal, a proxy or a wrong URL would; ``drop_after_store_rate`` stores the report and
+then closes the connection without an answer.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ FAULTS: dict[str, tuple[Any, Callable[[object], Any]]] = {
     "latency_ms": (0.0, _number(0, math.inf, False, "a number of milliseconds >= 0")),
     "drop_rate": (0.0, _rate),
     "drop_after_store_rate": (0.0, _rate),
+    "not_wats_rate": (0.0, _rate),
     "down": (False, _flag),
 }
 
@@ -162,6 +168,15 @@ class Reply:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json; charset=utf-8"
+
+
+NOT_WATS_PAGE = Reply(
+    200,
+    b"<!DOCTYPE html><html><head><title>Sign in to the guest network</title></head>"
+    b"<body><h1>Welcome</h1><p>Accept the terms of use to continue.</p></body></html>",
+    content_type="text/html; charset=utf-8",
+)
 
 
 def _json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -264,7 +279,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: Reply) -> None:
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -311,6 +326,7 @@ class Emulator:
         self._received: list[str] = []
         self._counts = dict.fromkeys(("received", "duplicates", "rejected"), 0)
         self._counts |= {"faults_injected": 0, "requests": 0}
+        self._report_numbers: dict[str, int] = {}  # the legacy Report_ID of each stored id
 
     @property
     def url(self) -> str:
@@ -413,6 +429,8 @@ class Emulator:
         if faults["unauthorized"]:
             self._count("faults_injected")
             return _DENIED
+        if self._injects(faults["not_wats_rate"]):
+            return NOT_WATS_PAGE
         if self._token is not None and authorization != f"Basic {self._token}":
             return _DENIED
         route = path.lower().rstrip("/")
@@ -445,12 +463,13 @@ class Emulator:
             return _message(400, problem)
         report_id = canonical_id(report["id"])
         assert report_id is not None  # report_problem checked it
-        self._store(report_id, body)
+        number = self._store(report_id, body)
         if self._injects(faults["drop_after_store_rate"]):
             return None
-        return _json_reply(200, {"ID": report_id, "uuid": report_id})
+        return _json_reply(200, {"ID": report_id, "uuid": report_id, "Report_ID": number})
 
-    def _store(self, report_id: str, body: bytes) -> None:
+    def _store(self, report_id: str, body: bytes) -> int:
+        """Keep the report; returns its Report_ID (the same for every overwrite of an id)."""
         if self._store_dir is not None:
             write_atomically(self._store_dir / f"{report_id}.json", body)
         with self._lock:
@@ -461,6 +480,7 @@ class Emulator:
             self._received.append(report_id)
             if self._store_dir is None:
                 self._in_memory[report_id] = body
+            return self._report_numbers.setdefault(report_id, len(self._report_numbers) + 1)
 
     def _read_back(self, raw_id: str) -> Reply:
         report_id = canonical_id(raw_id)

@@ -146,6 +146,18 @@ class LoggingSettings:
 
 
 @dataclass(frozen=True)
+class AdmissionSettings:
+    stop_below_mb: float = key(
+        500.0,
+        between(0, 1 << 30),
+        "free space on the queue's disk below which no new files or submits are taken (0: never)",
+    )
+    resume_above_mb: float = key(
+        1000.0, between(0, 1 << 30), "free space above which new work is taken again"
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerSettings = key(ServerSettings)
     station: StationSettings = key(StationSettings)
@@ -155,6 +167,7 @@ class Config:
     converters: list[ConverterSettings] = key(list)
     converters_folder: str = key("", help="folder searched for python converter modules")
     logging: LoggingSettings = key(LoggingSettings)
+    admission: AdmissionSettings = key(AdmissionSettings)
 
     def converter(self, name: str) -> ConverterSettings | None:
         return next((c for c in self.converters if c.name == name), None)
@@ -245,6 +258,12 @@ def parse_config(data: Any, paths: InstancePaths, env: Mapping[str, str] | None 
                 done_folder=conv.done_folder or str(watch / "Done"),
                 error_folder=conv.error_folder or str(watch / "Error"),
             )
+        )
+    admission = config.admission
+    if admission.resume_above_mb < admission.stop_below_mb:
+        raise ConfigError(
+            f"admission.resume_above_mb: must be at least stop_below_mb "
+            f"({admission.stop_below_mb:g}), got {admission.resume_above_mb:g}"
         )
     server = config.server
     if env.get(SERVER_URL_ENV):

@@ -19,6 +19,7 @@ from wats_station.converters.wsjf import InvalidReport, validate_report
 from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
 from wats_station.ipc.states import ReportState
 from wats_station.supervisor.config import ConfigError, config_to_dict
+from wats_station.supervisor.queue import QueueError, QueueWriteError
 
 if TYPE_CHECKING:
     from wats_station.supervisor.process import WorkerProcess
@@ -78,6 +79,8 @@ def dispatch(station: Station, request: Message) -> Message:
         return reply_ok(request.id, run(station, name, args))
     except CommandError as error:
         return reply_error(request.id, error.code, str(error))
+    except QueueWriteError as error:  # the disk, not the request: say which
+        return reply_error(request.id, ErrorCode.UNAVAILABLE, f"{name}: {error}")
     except Exception as error:
         log.exception("control command %r failed", name)
         return reply_error(
@@ -243,7 +246,10 @@ def list_reports(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]
 
 @command("get_report", "One report with its WSJF content.", id=STR)
 def get_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
-    report = station.queue.get(args["id"])
+    try:
+        report = station.queue.get(args["id"])
+    except QueueError as error:  # its payload is damaged: say so, not "internal"
+        raise CommandError(ErrorCode.UNAVAILABLE, str(error)) from None
     if report is None:
         raise CommandError(ErrorCode.NOT_FOUND, f"no report with id {args['id']!r} in the queue")
     return _report_summary(report, with_payload=True)
@@ -297,7 +303,15 @@ def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     except InvalidReport as error:
         raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
     payload = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
-    station.queue.enqueue([(report["id"], payload)])
+    guard = getattr(station, "guard", None)  # None: a queue command on a stopped station
+    if guard is not None and (refusal := guard.refusal()):
+        raise CommandError(ErrorCode.UNAVAILABLE, f"not taking new reports: {refusal}")
+    try:
+        station.queue.enqueue([(report["id"], payload)])
+    except QueueWriteError as error:
+        if guard is not None:
+            guard.note(error)
+        raise CommandError(ErrorCode.UNAVAILABLE, f"report not queued: {error}") from None
     station.uploads.wake()
     station.publish("report.queued", {"id": report["id"], "source": "submit_report"})
     return {"id": report["id"], "state": str(ReportState.PENDING)}

@@ -9,6 +9,10 @@
    that marks the file converted, then performs the post action.
 4. A worker that dies on a file costs that file one crash; at ``max_crashes`` the file is
    quarantined to the error folder with a sidecar that says why. Other files flow on.
+
+While the queue guard refuses new work (low disk, a failed write, a lost queue file), a ready
+file is only remembered (``deferred``) and stays where it is; a file whose record or commit
+fails is remembered the same way, its in-flight mark cleared. ``resume`` takes them again.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from wats_station.ipc.protocol import JobKind
 from wats_station.ipc.states import SourceState
 from wats_station.supervisor.atomic import fsync_dir, write_atomically
 from wats_station.supervisor.config import ConverterSettings
+from wats_station.supervisor.queue import QueueWriteError
 from wats_station.workers.crashpoints import crash_point
 
 if TYPE_CHECKING:
@@ -91,6 +96,7 @@ class Conversions:
         self.station = station
         self.waiting: deque[Pending] = deque()
         self.in_flight: set[str] = set()  # paths waiting or converting
+        self.deferred: dict[str, dict[str, Any]] = {}  # path -> FILE_READY body, until resume()
         self.counts = {"converted": 0, "failed": 0, "reports": 0}
         self._recover()
 
@@ -136,6 +142,28 @@ class Conversions:
         path = os.fsdecode(body["path"])
         if path in self.in_flight:
             return
+        if self.station.guard.refusal() is not None:
+            self.deferred[path] = body  # left in its folder; taken when the guard allows
+            return
+        try:
+            self._take(path, body)
+        except QueueWriteError as error:
+            self._defer(path, body, error)
+
+    def _defer(self, path: str, body: dict[str, Any], error: QueueWriteError) -> None:
+        self.in_flight.discard(path)
+        self.deferred[path] = body
+        self.station.guard.note(error)
+
+    def resume(self) -> None:
+        """The guard takes new work again: the files that waited meanwhile are taken now."""
+        deferred, self.deferred = self.deferred, {}
+        if deferred:
+            log.info("taking %d file(s) that waited while new work was refused", len(deferred))
+        for body in deferred.values():
+            self.file_ready(body)
+
+    def _take(self, path: str, body: dict[str, Any]) -> None:
         conv = self.converter(body["converter"])
         if conv is None or not conv.enabled:
             return
@@ -211,7 +239,13 @@ class Conversions:
             self._fail(source_id, path, conv, {**error, "attempts": 1})
             return
         reports = body["data"]["reports"]
-        self.queue.commit_conversion(source_id, [(r["id"], r["json"]) for r in reports])
+        try:
+            self.queue.commit_conversion(source_id, [(r["id"], r["json"]) for r in reports])
+        except QueueWriteError as error:
+            # Nothing was committed: the file stays recorded and is converted again later.
+            log.warning("could not commit the reports of %s: %s", path, error)
+            self._defer(path, _ready_body(path, conv.name), error)
+            return
         crash_point("after-report-committed")
         self.counts["reports"] += len(reports)
         self.station.uploads.wake()
@@ -225,7 +259,11 @@ class Conversions:
         if conv is None:
             self.in_flight.discard(path)
             return
-        crashes = self.queue.record_crash(source_id, readable(reason))
+        try:
+            crashes = self.queue.record_crash(source_id, readable(reason))
+        except QueueWriteError as error:
+            self._defer(path, _ready_body(path, conv.name), error)
+            return
         log.warning(
             "converter worker died on %s (%s); crash %d of %d",
             path,
@@ -320,13 +358,22 @@ class Conversions:
     # -- reporting --------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        return {"waiting": len(self.waiting), "in_flight": len(self.in_flight), **self.counts}
+        return {
+            "waiting": len(self.waiting),
+            "in_flight": len(self.in_flight),
+            "deferred": len(self.deferred),
+            **self.counts,
+        }
 
     def describe(self) -> list[dict[str, Any]]:
         described = describe_converters(self.station.config.converters)
         for entry in described:
             entry["waiting"] = sum(p.converter == entry["name"] for p in self.waiting)
         return described
+
+
+def _ready_body(path: str, converter: str) -> dict[str, Any]:
+    return {"path": os.fsencode(path), "converter": converter}
 
 
 def describe_converters(converters: list[ConverterSettings]) -> list[dict[str, Any]]:

@@ -39,10 +39,11 @@ from wats_station.ipc.states import ServiceState, WorkerState
 from wats_station.supervisor import control
 from wats_station.supervisor.config import Config, ConfigError, load_config
 from wats_station.supervisor.conversions import Conversions
+from wats_station.supervisor.guard import QueueGuard
 from wats_station.supervisor.lock import InstanceLock
 from wats_station.supervisor.notify import Notifier
 from wats_station.supervisor.process import Job, WorkerProcess, worker_command
-from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.queue import QueueWriteError, ReportQueue
 from wats_station.supervisor.uploads import Uploads
 from wats_station.workers.crashpoints import crash_point
 
@@ -89,6 +90,8 @@ class Station:
         self._lock = InstanceLock.acquire(self.paths.lock_file, self.paths.instance)
         self.paths.data_dir.mkdir(parents=True, exist_ok=True)
         self.queue = ReportQueue(self.paths.queue_db)
+        if self.queue.created:
+            log.warning("no queue database at %s: created an empty queue", self.paths.queue_db)
         recovered = self.queue.recover()
         if recovered:
             log.info(
@@ -105,6 +108,7 @@ class Station:
         self.event_socket.setsockopt(zmq.SNDHWM, 100_000)
         self.event_socket.bind(self.paths.events_endpoint)
         self.uploads = Uploads(self)
+        self.guard = QueueGuard(self)
         self.conversions = Conversions(self)  # recovers unfinished files: needs the events socket
         self._signal_r, self._signal_w = socket.socketpair()
         self._signal_r.setblocking(False)
@@ -182,7 +186,8 @@ class Station:
                 d for d in (worker.next_start_at, worker.stop_deadline, worker.kill_deadline) if d
             ]
             deadlines += [job.deadline for job in worker.jobs.values() if job.deadline]
-        if self.state is not ServiceState.STOPPING:  # stopping: no uploads are dispatched
+        # Stopping, or a queue that cannot be written: no uploads are dispatched.
+        if self.state is not ServiceState.STOPPING and self.guard.writes_ok:
             deadlines.append(self.uploads.next_wake(now))
         return min(max(0.0, min(deadlines) - now), self.config.supervisor.heartbeat_interval_s)
 
@@ -219,8 +224,11 @@ class Station:
         if self.state is ServiceState.STOPPING:
             self._advance_stop(now)
         else:
-            self.conversions.tick(now)
-            self.uploads.tick(now)
+            self.guard.tick(now)
+            if self.guard.writes_ok:
+                with self.guard.guarding():
+                    self.conversions.tick(now)
+                    self.uploads.tick(now)
         if now >= self._next_beat:
             self._send_heartbeats()
             self._next_beat = now + self.config.supervisor.heartbeat_interval_s
@@ -295,10 +303,12 @@ class Station:
     def status_line(self) -> str:
         running = sum(w.state is WorkerState.RUNNING for w in self.workers.values())
         counts = self.queue.stats() if self.queue else {}
-        return (
+        line = (
             f"{running}/{len(self.workers)} workers running; server {self.uploads.server_state}; "
             f"queue {counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed"
         )
+        refusal = self.guard.refusal() if self.queue else None
+        return f"ALARM: {refusal}; {line}" if refusal else line
 
     # -- workers ----------------------------------------------------------------------
 
@@ -332,7 +342,8 @@ class Station:
         if identity is not None:
             self.by_identity.pop(identity, None)
         for job in lost:
-            self._job_lost(worker, job, reason)
+            with self.guard.guarding():  # a full disk must not take the loop down with it
+                self._job_lost(worker, job, reason)
 
     def _job_lost(self, worker: WorkerProcess, job: Job, reason: str) -> None:
         tail = "\n".join(worker.output_tail)
@@ -362,6 +373,10 @@ class Station:
             worker.last_seen = now
             try:
                 self._handle_worker_message(worker, message)
+            except QueueWriteError as error:  # the guard raises the alarm and resumes later
+                self.failed_messages += 1
+                self.guard.note(error)
+                log.error("could not record %s from %s: %s", message.type, worker.name, error)
             except Exception:
                 # One message we cannot handle (a bug, a full disk) must not stop the
                 # station; what it concerned is retried after a restart or a rescan.
@@ -589,6 +604,7 @@ class Station:
                 "detail": self.uploads.server_detail,
             },
             "queue": self.queue.stats() if self.queue else {},
+            "alarms": self.guard.status(),
             "files": self.conversions.stats(),
             "workers": [w.status(now) for w in self.workers.values()],
             "dropped_messages": self.dropped_messages,

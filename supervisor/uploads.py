@@ -13,6 +13,16 @@ decision that changes the queue is taken here, in the process that owns the data
                    ``max_retry_attempts`` the report is failed.
 * offline       -> back without an attempt; the station is Offline and only probes
                    ``GET /api/App/Version`` with backoff, so a week offline costs nothing.
+* answer_lost   -> the request went out and its answer was lost (the server may have stored
+                   it): back with an attempt counted and backoff, like a 5xx; a working
+                   version probe does not make it due again.
+* not_wats      -> a 2xx that is not WATS's receipt: never completed; back with an attempt
+                   counted and backoff, and the server is NotWATS: only the version probe
+                   runs (it too must answer like WATS) until the server answers like WATS.
+
+A report whose stored payload is damaged is failed by the queue when claimed, with the reason.
+If the answer to an upload cannot be written (the disk is full), the report is remembered and
+put back to pending when the queue guard sees writes work again.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from wats_station.ipc.protocol import JobKind, UploadOutcome
 from wats_station.ipc.states import ServerState
+from wats_station.supervisor.queue import QueueWriteError
 from wats_station.workers.crashpoints import crash_point
 
 if TYPE_CHECKING:
@@ -34,6 +45,7 @@ log = logging.getLogger("wats-station")
 
 PURGE_INTERVAL_S = 3600.0
 RECHECK_S = 1.0
+PROBING = (ServerState.OFFLINE, ServerState.UNAUTHORIZED, ServerState.NOT_WATS)
 
 
 def backoff(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -54,6 +66,7 @@ class Uploads:
         self._next_check = 0.0
         self._next_purge = 0.0
         self._rng = random.Random()
+        self.unrecorded: set[str] = set()  # answered, but the queue could not record it
 
     @property
     def settings(self) -> Any:
@@ -64,7 +77,7 @@ class Uploads:
 
     def config_changed(self) -> None:
         """A reload may have fixed the token or the URL: try again at once."""
-        if self.server_state in (ServerState.UNAUTHORIZED, ServerState.OFFLINE):
+        if self.server_state in PROBING:
             self.probe_failures = 0
             self.next_probe_at = 0.0
         self.wake()
@@ -73,14 +86,14 @@ class Uploads:
         """When the loop must tick for us at the latest; answers from workers tick it anyway."""
         if not self.station.idle_workers("uploader"):
             return now + RECHECK_S
-        if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
+        if self.server_state in PROBING:
             return now + RECHECK_S if self.probe_in_flight else self.next_probe_at
         return max(self._next_check, self.paused_until)
 
     def tick(self, now: float) -> None:
         if now >= self._next_purge:
             self._purge(now)
-        if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
+        if self.server_state in PROBING:
             self._probe_if_due(now)
             return
         if now < self.paused_until or now < self._next_check:
@@ -100,7 +113,7 @@ class Uploads:
     def _dispatch(self, now: float) -> None:
         queue = self.station.queue
         for worker in self.station.idle_workers("uploader"):
-            claimed = queue.claim_due(worker.idle_slots)
+            claimed = queue.claim_due(worker.idle_slots, self._damaged)
             for report in claimed:
                 data = {
                     "report_id": report.id,
@@ -114,6 +127,20 @@ class Uploads:
         due_at = queue.next_due_at()
         wait = RECHECK_S if due_at is None else min(RECHECK_S, max(0.0, due_at - time.time()))
         self._next_check = now + wait
+
+    def _damaged(self, report_id: str, reason: str) -> None:
+        log.error("report %s failed: %s", report_id, reason)
+        self.station.publish(
+            "report.failed", {"id": report_id, "http_status": None, "error": reason}
+        )
+
+    def resume(self) -> None:
+        """Writes work again: answers that could not be recorded are sent again (same id)."""
+        if self.unrecorded:
+            released = self.station.queue.release(sorted(self.unrecorded))
+            log.info("%d report(s) whose upload could not be recorded are queued again", released)
+            self.unrecorded.clear()
+        self.wake()
 
     def _probe_if_due(self, now: float) -> None:
         if self.probe_in_flight or now < self.next_probe_at:
@@ -131,6 +158,13 @@ class Uploads:
             return
         self.wake()  # a slot is free, and the retry schedule may have changed
         report_id = job.data["report_id"]
+        try:
+            self._record_answer(report_id, job, body)
+        except QueueWriteError:
+            self.unrecorded.add(report_id)  # still processing in the queue: resume() frees it
+            raise
+
+    def _record_answer(self, report_id: str, job: Job, body: dict[str, Any]) -> None:
         if not body["ok"]:  # the uploader itself failed: a bug, not the server's answer
             error = (body.get("error") or {}).get("message", "uploader error")
             self._retry(report_id, job, f"uploader error: {error}", None, count_attempt=True)
@@ -169,6 +203,13 @@ class Uploads:
         elif outcome is UploadOutcome.SERVER_ERROR:
             self._set_server(ServerState.ONLINE, "")
             self._retry(report_id, job, f"HTTP {status}: {message}", status, count_attempt=True)
+        elif outcome is UploadOutcome.ANSWER_LOST:
+            self._retry(report_id, job, message, None, count_attempt=True)
+            log.warning("report %s: %s", report_id, message)
+        elif outcome is UploadOutcome.NOT_WATS:
+            self._retry(report_id, job, message, status, count_attempt=True)
+            if self.server_state is not ServerState.NOT_WATS:
+                self._enter_probing(ServerState.NOT_WATS, message)
         else:  # OFFLINE
             queue.release([report_id])
             if self.server_state is not ServerState.OFFLINE:
@@ -197,7 +238,11 @@ class Uploads:
         if job.kind == JobKind.PROBE:
             self.probe_in_flight = False
             return
-        self.station.queue.release([job.data["report_id"]])
+        try:
+            self.station.queue.release([job.data["report_id"]])
+        except QueueWriteError:
+            self.unrecorded.add(job.data["report_id"])
+            raise
         self.wake()
 
     def _probe_done(self, body: dict[str, Any]) -> None:
@@ -215,6 +260,8 @@ class Uploads:
             self.wake()
         elif outcome == UploadOutcome.UNAUTHORIZED:
             self._enter_probing(ServerState.UNAUTHORIZED, data.get("message", ""))
+        elif outcome == UploadOutcome.NOT_WATS:
+            self._enter_probing(ServerState.NOT_WATS, data.get("message", ""))
         else:
             self._enter_probing(ServerState.OFFLINE, data.get("message", ""))
 

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,13 @@ from pathlib import Path
 import pytest
 
 from wats_station.ipc.states import ReportState, SourceState
-from wats_station.supervisor.queue import FIFO_WINDOW, QueueError, ReportQueue
+from wats_station.supervisor.queue import (
+    FIFO_WINDOW,
+    QueueError,
+    QueueLost,
+    QueueWriteError,
+    ReportQueue,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
@@ -572,9 +579,9 @@ def assert_refused_untouched(path: Path, match: str) -> None:
 def test_a_queue_from_a_newer_wats_station_is_refused_untouched(db_path: Path) -> None:
     make_queue_file(db_path)
     with sqlite3.connect(db_path) as db:
-        db.execute("PRAGMA user_version = 3")
+        db.execute("PRAGMA user_version = 4")
     db.close()
-    assert_refused_untouched(db_path, r"schema version 3, newer than this wats-station knows \(2\)")
+    assert_refused_untouched(db_path, r"schema version 4, newer than this wats-station knows \(3\)")
 
 
 def test_a_file_that_is_not_sqlite_is_refused_untouched(db_path: Path) -> None:
@@ -622,11 +629,146 @@ def test_a_missing_folder_is_refused_not_created(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-def test_an_empty_file_becomes_a_new_queue(db_path: Path) -> None:
+def test_an_empty_file_is_refused_never_taken_for_an_empty_queue(db_path: Path) -> None:
     db_path.touch()
+    with pytest.raises(QueueError, match=rf"queue database {db_path} is empty \(0 bytes\)"):
+        ReportQueue(db_path)
+    assert db_path.read_bytes() == b""
+
+
+def test_an_empty_sqlite_file_is_refused_too(db_path: Path) -> None:
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.executescript("CREATE TABLE t (x); DROP TABLE t")  # a valid SQLite file, no tables
+    db.close()
+    assert_refused_untouched(db_path, r"is not a wats-station queue \(schema version 0")
+
+
+def test_a_new_queue_is_made_only_where_there_was_no_file(db_path: Path) -> None:
     q = ReportQueue(db_path)
     try:
+        assert q.created
         q.enqueue([report()])
-        assert q.stats()["pending"] == 1
     finally:
         q.close()
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["queue.db"]  # no leftovers
+    again = ReportQueue(db_path)
+    try:
+        assert not again.created and again.stats()["pending"] == 1
+    finally:
+        again.close()
+
+
+# -- guarding itself: checksums, named write errors, a file that leaves us -------------------
+
+
+def test_a_v2_queue_gets_payload_checksums_and_a_damaged_payload_fails_its_report(
+    db_path: Path,
+) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(4)]
+    q.enqueue(items)
+    q.close()
+    with sqlite3.connect(db_path) as db:  # back to the v2 layout, as an older station left it
+        db.execute("ALTER TABLE report DROP COLUMN payload_crc32")
+        db.execute("ALTER TABLE report DROP COLUMN waiting_crc32")
+        db.execute("PRAGMA user_version = 2")
+        db.execute("UPDATE report SET payload = X'789c0badbeef' WHERE id = ?", (items[1][0],))
+    db.close()
+    q = ReportQueue(db_path)
+    try:
+        with sqlite3.connect(db_path) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (3,)
+            assert db.execute("SELECT COUNT(*) FROM report WHERE payload_crc32 IS NULL").fetchone()
+        told: list[tuple[str, str]] = []
+        claimed = q.claim_due(10, on_damaged=lambda *damage: told.append(damage))
+        assert [r.id for r in claimed] == [items[0][0], items[2][0], items[3][0]]
+        assert [r.payload for r in claimed] == [items[0][1], items[2][1], items[3][1]]
+        (failed,) = q.list(ReportState.FAILED)
+        assert failed.id == items[1][0] and "cannot be read" in failed.last_error
+        assert told == [(failed.id, failed.last_error)]
+    finally:
+        q.close()
+
+
+def test_changed_payload_bytes_are_caught_by_the_checksum(db_path: Path) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(3)]
+    q.enqueue(items)
+    with sqlite3.connect(db_path) as db:
+        (blob,) = db.execute("SELECT payload FROM report WHERE id = ?", (items[0][0],)).fetchone()
+        db.execute(
+            "UPDATE report SET payload = ? WHERE id = ?", (blob[:-6] + b"\0" * 6, items[0][0])
+        )
+    db.close()
+    try:
+        assert [r.id for r in q.claim_due(10)] == [items[1][0], items[2][0]]
+        (failed,) = q.list(ReportState.FAILED)
+        assert "damaged (checksum mismatch" in failed.last_error
+        with pytest.raises(QueueError, match="damaged"):
+            q.get(items[0][0])
+    finally:
+        q.close()
+
+
+def test_a_full_disk_is_named_as_such_and_writes_work_again_when_space_returns(
+    db_path: Path,
+) -> None:
+    q = ReportQueue(db_path)
+    try:
+        pages = q._sql("PRAGMA page_count").fetchone()[0]
+        q._sql(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own SQLITE_FULL
+        accepted = 0
+        with pytest.raises(QueueWriteError) as full:
+            for _ in range(200):
+                q.enqueue([(str(uuid.uuid4()), os.urandom(3000).hex().encode())])
+                accepted += 1
+        assert full.value.kind == "disk_full"
+        assert str(full.value).startswith(f"the disk holding the queue is full ({db_path}")
+        assert "rollback" not in str(full.value)
+        q._sql("PRAGMA max_page_count = 1000000")
+        q.enqueue([report()])
+        assert q.stats()["pending"] == accepted + 1
+    finally:
+        q.close()
+
+
+def test_a_queue_file_deleted_under_us_is_written_back_and_refuses_writes(db_path: Path) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(5)]
+    q.enqueue(items)
+    db_path.unlink()
+    try:
+        with pytest.raises(QueueLost, match=f"written back to {db_path}"):
+            q.enqueue([report(9)])
+        with pytest.raises(QueueLost):  # and every later write, without looking again
+            q.claim_due(1)
+        assert q.stats()["pending"] == 5  # still readable
+    finally:
+        q.close()
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["queue.db"]  # no stale WAL
+    again = ReportQueue(db_path)
+    try:
+        assert sorted(r.id for r in again.list()) == sorted(i for i, _ in items)
+    finally:
+        again.close()
+
+
+def test_a_queue_folder_removed_with_its_file_is_recreated_to_hold_the_rescue(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    q = ReportQueue(folder / "queue.db")
+    items = [report(n) for n in range(3)]
+    q.enqueue(items)
+    shutil.rmtree(folder)
+    try:
+        with pytest.raises(QueueLost, match="written back"):
+            q.check_file()
+    finally:
+        q.close()
+    again = ReportQueue(folder / "queue.db")
+    try:
+        assert again.stats()["pending"] == 3
+    finally:
+        again.close()
