@@ -418,7 +418,15 @@ def test_bad_requests_get_a_clear_code_and_never_internal(make_station):
         ("retry_reports", {"ids": ["no-such-thing"]}, "bad_arguments", "not a report id"),
         ("get_report", {"id": "no-such-thing"}, "bad_arguments", "not a report id"),
         ("submit_report", {"report": deep}, "invalid_report", "nested too deeply"),
-        ("submit_report", {"report": surrogate}, "invalid_report", "not valid Unicode"),
+        ("submit_report", {"report": surrogate}, "invalid_report", "pn: text that is not valid"),
+        # On the wire as the bytes of no UTF-8 character at all (msgpack carries them).
+        (
+            "submit_report",
+            {"report": {**sample_report(4), "sn": "SN\udcff"}},
+            "invalid_report",
+            "sn: text that is not valid Unicode",
+        ),
+        ("restart_worker", {"name": "\udcff"}, "not_found", "no worker named"),
     ]
     for command, args, code, words in cases:
         with pytest.raises(CommandFailed) as failed:
