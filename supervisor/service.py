@@ -368,7 +368,9 @@ class Station:
                     "dropped %s from %s: not a %s message", message.type, worker.name, worker.kind
                 )
                 continue
-            worker.last_seen = now
+            # Not the batch's start: a long batch (1000 files fingerprinted at start-up) would
+            # make every heartbeat in it look seconds old, and kill healthy workers.
+            worker.last_seen = time.monotonic()
             try:
                 self._handle_worker_message(worker, message)
             except Exception:
