@@ -47,8 +47,11 @@ def listening(endpoint: str) -> bool:
     SIGKILL leaves its socket files behind, and ZeroMQ would wait on one for ever; a plain
     connect is refused at once when nobody listens."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)  # a full backlog blocks connect(): someone is there, only busy
     try:
         probe.connect(_socket_file(endpoint))
+    except TimeoutError:
+        return True
     except OSError:  # refused (stale file), missing, or not ours to open
         return False
     finally:

@@ -29,6 +29,7 @@ from wats_station.samples import sample_report
 from wats_station.supervisor.config import SupervisorSettings
 from wats_station.supervisor.logs import REPEAT_BURST, escape
 from wats_station.supervisor.process import WorkerProcess
+from wats_station.supervisor.queue import QueueError, ReportQueue
 from wats_station.supervisor.trust import hello_refusal, inside_folder
 
 TOKEN = "dHJ1c3Q6c2VjcmV0LXRva2Vu"
@@ -474,3 +475,79 @@ def test_a_killed_station_is_reported_as_not_running_at_once(make_station):
     assert "no station is running" in result.stderr
     assert time.monotonic() - started < 10
     assert "did not answer" not in result.stderr
+
+
+def test_the_queue_refuses_an_id_that_is_not_in_canonical_form(tmp_path):
+    queue = ReportQueue(tmp_path / "queue.db")
+    try:
+        loud = str(uuid.uuid4()).upper()
+        with pytest.raises(QueueError, match="not in canonical form"):
+            queue.enqueue([(loud, b"{}")])
+        queue.enqueue([(loud.lower(), b"{}")])
+        assert queue.stats()["pending"] == 1
+    finally:
+        queue.close()
+
+
+NAN_MODULE = """
+from wats_station.converters.base import Converter
+from wats_station.samples import sample_report
+
+class Careless(Converter):
+    def convert(self, path):
+        report = sample_report(9)
+        report["id"] = report["id"].upper()
+        report["root"]["steps"][0]["steps"][0]["numericMeas"][0]["value"] = float("nan")
+        return [report]
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_converter_that_returns_nan_is_refused_naming_the_field(make_station, home):
+    custom = home / "custom"
+    custom.mkdir()
+    (custom / "careless.py").write_text(NAN_MODULE)
+    station = make_station(
+        config={
+            "converters_folder": str(custom),
+            "converters": [{"name": "careless", "module": "careless.Careless"}],
+        },
+        start=False,
+    )
+    source = home / "run.txt"
+    source.write_text("x")
+    result = station.cli("convert", str(source), "--converter", "careless")
+    assert result.returncode == 1
+    assert f"{FIELD}: NaN is not valid JSON" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_dropped_file_with_a_different_report_under_a_known_id_replaces_it_loudly(
+    make_station, home
+):
+    station = make_station(
+        config={
+            "watch": {"debounce_s": 0.1, "rescan_interval_s": 1.0},
+            "converters": [
+                {
+                    "name": "wsjf",
+                    "module": "wsjf",
+                    "file_patterns": ["*.json"],
+                    "watch_folder": str(home / "in"),
+                }
+            ],
+        }
+    )
+    first, second = sample_report(1), sample_report(2)
+    second["id"] = "{" + first["id"].upper() + "}"
+    (home / "in" / "first.json").write_text(json.dumps(first))
+    wait_until(lambda: station.call("get_queue_stats")["pending"] == 1, 20, "the first report")
+    with EventStream(paths=station.paths, topics=("report.replaced",)) as events:
+        events.snapshot()
+        (home / "in" / "second.json").write_text(json.dumps(second))
+        event = events.next(20)
+    assert event is not None and event.data["id"] == first["id"]
+    assert event.data["source"].endswith("second.json")
+    assert "is replaced by a different report" in station.output()
+    (row,) = station.call("list_reports")
+    assert station.call("get_report", id=row["id"])["report"]["sn"] == second["sn"]
