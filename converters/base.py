@@ -54,6 +54,14 @@ def derived_report_id(content: bytes, position: int) -> str:
     return str(uuid.uuid5(REPORT_ID_NAMESPACE, f"{digest}:{position}"))
 
 
+def canonical_id(report_id: str) -> str:
+    """The one form a report id is stored and sent in: lowercase, hyphenated, no braces or
+    ``urn:uuid:``. ValueError if it is no UUID at all."""
+    if not isinstance(report_id, str):
+        raise ValueError(f"a report id must be a string, not {type(report_id).__name__}")
+    return str(uuid.UUID(report_id))
+
+
 def ensure_report_ids(reports: list[Report], content: bytes) -> list[Report]:
     """Give every report without an ``id`` one derived from the file's content and position."""
     for position, report in enumerate(reports):

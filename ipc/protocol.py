@@ -97,6 +97,7 @@ BODY_FIELDS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
         "name": ((str,), True),
         "kind": ((str,), True),
         "pid": ((int,), True),
+        "proof": ((bytes,), False),  # the per-spawn secret (ipc.handshake)
     },
     MsgType.WELCOME: {"settings": ((dict,), True)},
     MsgType.HEARTBEAT: {"jobs": ((list,), False), "rss": ((int,), False)},
@@ -215,6 +216,8 @@ def reply_ok(request_id: Any, result: Any = None) -> Message:
 
 
 def reply_error(request_id: Any, code: ErrorCode, message: str) -> Message:
+    # The message may quote what the caller sent, lone surrogates and all: it must encode.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return Message(
         MsgType.REPLY, {"ok": False, "error": {"code": str(code), "message": message}}, request_id
     )

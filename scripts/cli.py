@@ -1,7 +1,8 @@
 """The ``wats-station`` command line: run the station, and talk to a running one.
 
-Errors are one line on stderr starting with ``error:``; exit status 1 for a failure, 2 for
-bad usage or a bad config, 3 when no station answers.
+Errors are one line on stderr starting with ``error:``, never a traceback (unless
+WATS_STATION_DEBUG is set); exit status 1 for a failure, 2 for bad usage or a bad config, 3
+when no station answers.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from wats_station.ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+DEBUG_ENV = "WATS_STATION_DEBUG"
 
 
 class CliError(Exception):
@@ -56,12 +59,14 @@ def cmd_service(args: argparse.Namespace) -> int:
     from wats_station.supervisor.logs import setup_logging
     from wats_station.supervisor.queue import QueueError
     from wats_station.supervisor.service import StartupError, run_service
+    from wats_station.supervisor.trust import make_files_private
 
     paths = _paths(args)
     try:
         config = load_config(paths)
     except ConfigError as error:
         raise CliError(f"configuration error: {error}", EXIT_USAGE) from None
+    make_files_private(paths)  # before the first file: the log
     setup_logging(paths, config.logging)
     try:
         return run_service(paths)
@@ -314,6 +319,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CliError(
             f"{path}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}"
         ) from None
+    except RecursionError:
+        raise CliError(f"{path}: JSON nested too deeply to be a report") from None
     reports = report if isinstance(report, list) else [report]
     for item in reports:
         result = _call(args, "submit_report", report=item)
@@ -374,6 +381,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from wats_station.supervisor.process import describe_exit
+    from wats_station.supervisor.trust import worker_environment
 
     config = _load_config(_paths(args))
     path = Path(args.file).absolute()
@@ -389,6 +397,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         result = subprocess.run(
             [sys.executable, "-m", "wats_station.workers.converter", "--once"],
             input=json.dumps(job), capture_output=True, text=True, timeout=conv.deadline_s,
+            env=worker_environment(os.environ),
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         raise CliError(
@@ -577,6 +586,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as error:  # a read-only home, a full disk, a missing folder
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:
+        # A person gets one line; a developer who wants the traceback sets the variable.
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"error: unexpected {type(error).__name__}: {error} (set {DEBUG_ENV}=1 to see where)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from wats_station.converters.wsjf import InvalidReport, validate_report
+from wats_station.converters.base import canonical_id
+from wats_station.converters.wsjf import InvalidReport, report_json, validate_report
 from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
 from wats_station.ipc.states import ReportState
 from wats_station.supervisor.config import ConfigError, config_to_dict
@@ -81,6 +82,12 @@ def dispatch(station: Station, request: Message) -> Message:
         return reply_error(request.id, error.code, str(error))
     except QueueWriteError as error:  # the disk, not the request: say which
         return reply_error(request.id, ErrorCode.UNAVAILABLE, f"{name}: {error}")
+    except RecursionError:
+        return reply_error(request.id, ErrorCode.BAD_ARGUMENTS, f"{name}: nested too deeply")
+    except UnicodeError as error:
+        return reply_error(
+            request.id, ErrorCode.BAD_ARGUMENTS, f"{name}: text that is not valid Unicode: {error}"
+        )
     except Exception as error:
         log.exception("control command %r failed", name)
         return reply_error(
@@ -117,6 +124,33 @@ OPT_STR = ((str,), False)
 OPT_INT = ((int,), False)
 OPT_BOOL = ((bool,), False)
 OPT_NUM = ((int, float), False)
+# The most rows one list call returns: enough for any screen, small enough for one reply.
+MAX_LIST_LIMIT = 10_000
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
+
+
+def _bounded(
+    command: str, args: dict[str, Any], name: str, low: int, high: int, default: int
+) -> int:
+    value = args.get(name)
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{command}: {name} must be between {low} and {high}, got {value}",
+        )
+    return value
+
+
+def _report_id(command: str, value: object) -> str:
+    """A report id as the queue keys it (any UUID spelling is accepted)."""
+    try:
+        return canonical_id(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS, f"{command}: {str(value)[:80]!r} is not a report id (a UUID)"
+        ) from None
 
 
 def _worker(station: Station, name: str) -> WorkerProcess:
@@ -238,16 +272,16 @@ def list_reports(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]
             ErrorCode.BAD_ARGUMENTS,
             f"list_reports: no state {state!r}; states: {', '.join(ReportState)}",
         )
-    reports = station.queue.list(
-        ReportState(state) if state else None, args.get("limit") or 100, args.get("offset") or 0
-    )
+    limit = _bounded("list_reports", args, "limit", 1, MAX_LIST_LIMIT, 100)
+    offset = _bounded("list_reports", args, "offset", 0, MAX_OFFSET, 0)
+    reports = station.queue.list(ReportState(state) if state else None, limit, offset)
     return [_report_summary(r) for r in reports]
 
 
 @command("get_report", "One report with its WSJF content.", id=STR)
 def get_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     try:
-        report = station.queue.get(args["id"])
+        report = station.queue.get(_report_id("get_report", args["id"]))
     except QueueError as error:  # its payload is damaged: say so, not "internal"
         raise CommandError(ErrorCode.UNAVAILABLE, str(error)) from None
     if report is None:
@@ -262,9 +296,14 @@ def get_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     failed=OPT_BOOL,
 )
 def retry_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
-    ids = [str(i) for i in args.get("ids") or ()]
+    ids = [_report_id("retry_reports", i) for i in args.get("ids") or ()]
     if not ids and not args.get("failed"):
         raise CommandError(ErrorCode.BAD_ARGUMENTS, "retry_reports: give 'ids' or failed=true")
+    unknown = sorted(set(ids) - set(station.queue.stored_payloads(ids)))
+    if unknown:
+        raise CommandError(
+            ErrorCode.NOT_FOUND, f"retry_reports: no report {', '.join(unknown)} in the queue"
+        )
     return {"retried": station.queue.retry(ids, failed=bool(args.get("failed")))}
 
 
@@ -286,35 +325,61 @@ def clean_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
 
 @command(
     "submit_report",
-    "Queue one WSJF report; the reply comes after it is durably committed.",
+    "Queue one WSJF report; the reply comes after it is durably committed. A different report "
+    "under the id of a queued or completed one is refused (conflict) unless replace=true.",
     report=((dict, str, bytes), True),
+    replace=OPT_BOOL,
 )
 def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     report = args["report"]
     if isinstance(report, (str, bytes)):
         try:
             report = json.loads(report)
+        except RecursionError:
+            raise CommandError(
+                ErrorCode.INVALID_REPORT, "report JSON is nested too deeply"
+            ) from None
         except ValueError as error:
             raise CommandError(
                 ErrorCode.INVALID_REPORT, f"report is not valid JSON: {error}"
             ) from None
     try:
         validate_report(report)
+        payload = report_json(report)  # the id in canonical form; no NaN or ±Infinity
     except InvalidReport as error:
         raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
-    payload = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
     guard = getattr(station, "guard", None)  # None: a queue command on a stopped station
     if guard is not None and (refusal := guard.refusal()):
         raise CommandError(ErrorCode.UNAVAILABLE, f"not taking new reports: {refusal}")
+    report_id = report["id"]
+    stored = station.queue.stored_payloads([report_id]).get(report_id)
+    if stored is not None and stored[1] == payload:
+        return {"id": report_id, "state": str(stored[0]), "unchanged": True}
+    if stored is not None:
+        if not args.get("replace"):
+            raise CommandError(
+                ErrorCode.CONFLICT,
+                f"a different report with id {report_id} is already {stored[0]}; "
+                "submit it with replace=true to replace it",
+            )
+        note_replacement(station, report_id, stored[0], "submit_report")
     try:
-        station.queue.enqueue([(report["id"], payload)])
+        station.queue.enqueue([(report_id, payload)])
     except QueueWriteError as error:
         if guard is not None:
             guard.note(error)
         raise CommandError(ErrorCode.UNAVAILABLE, f"report not queued: {error}") from None
     station.uploads.wake()
-    station.publish("report.queued", {"id": report["id"], "source": "submit_report"})
-    return {"id": report["id"], "state": str(ReportState.PENDING)}
+    station.publish("report.queued", {"id": report_id, "source": "submit_report"})
+    return {"id": report_id, "state": str(ReportState.PENDING)}
+
+
+def note_replacement(station: Station, report_id: str, state: ReportState, source: str) -> None:
+    """A different report takes the place of a stored one: say so, in the log and as an event."""
+    log.warning(
+        "report %s (%s) is replaced by a different report from %s", report_id, state, source
+    )
+    station.publish("report.replaced", {"id": report_id, "was": str(state), "source": source})
 
 
 @command("list_converters", "Every configured converter with its folders and file counts.")

@@ -34,7 +34,9 @@ from wats_station.ipc.protocol import JobKind
 from wats_station.ipc.states import SourceState
 from wats_station.supervisor.atomic import fsync_dir, write_atomically
 from wats_station.supervisor.config import ConverterSettings
+from wats_station.supervisor.control import note_replacement
 from wats_station.supervisor.queue import QueueWriteError
+from wats_station.supervisor.trust import inside_folder
 from wats_station.workers.crashpoints import crash_point
 
 if TYPE_CHECKING:
@@ -165,7 +167,7 @@ class Conversions:
 
     def _take(self, path: str, body: dict[str, Any]) -> None:
         conv = self.converter(body["converter"])
-        if conv is None or not conv.enabled:
+        if conv is None or not conv.enabled or not self._in_watch_folder(path, conv):
             return
         try:
             sha = file_sha256(path)
@@ -203,9 +205,18 @@ class Conversions:
     def file_rejected(self, body: dict[str, Any]) -> None:
         path = os.fsdecode(body["path"])
         conv = self.converter(body["converter"])
-        if conv is None or path in self.in_flight or not os.path.lexists(path):
+        if conv is None or path in self.in_flight or not self._in_watch_folder(path, conv):
             return
-        self._to_error_folder(path, conv, {"error": body["reason"]})
+        if os.path.lexists(path):
+            self._to_error_folder(path, conv, {"error": body["reason"]})
+
+    def _in_watch_folder(self, path: str, conv: ConverterSettings) -> bool:
+        """Whoever names a file, we touch only files in the converter's own watch folder."""
+        if inside_folder(path, conv.watch_folder):
+            return True
+        self.station.dropped_messages += 1
+        log.warning("ignored %s: not inside the watch folder of converter %r", path, conv.name)
+        return False
 
     def tick(self, now: float) -> None:
         while self.waiting:
@@ -239,13 +250,20 @@ class Conversions:
             self._fail(source_id, path, conv, {**error, "attempts": 1})
             return
         reports = body["data"]["reports"]
+        rows = [(r["id"], r["json"]) for r in reports]
+        # A file is the test program's word: a different report under a known id replaces the
+        # stored one (as WATS itself would), but never silently.
+        stored = self.queue.stored_payloads([report_id for report_id, _ in rows])
         try:
-            self.queue.commit_conversion(source_id, [(r["id"], r["json"]) for r in reports])
+            self.queue.commit_conversion(source_id, rows)
         except QueueWriteError as error:
             # Nothing was committed: the file stays recorded and is converted again later.
             log.warning("could not commit the reports of %s: %s", path, error)
             self._defer(path, _ready_body(path, conv.name), error)
             return
+        for report_id, payload in rows:
+            if report_id in stored and stored[report_id][1] != payload:
+                note_replacement(self.station, report_id, stored[report_id][0], path)
         crash_point("after-report-committed")
         self.counts["reports"] += len(reports)
         self.station.uploads.wake()

@@ -626,6 +626,21 @@ class ReportQueue:
         row = self._sql(f"SELECT {columns} FROM report WHERE id = ?", (report_id,)).fetchone()
         return _report(row) if row else None
 
+    def stored_payloads(self, report_ids: Sequence[str]) -> dict[str, tuple[ReportState, bytes]]:
+        """State and newest payload of each of these ids the queue holds (to spot a different
+        report under a known id before it replaces the stored one)."""
+        found: dict[str, tuple[ReportState, bytes]] = {}
+        for start in range(0, len(report_ids), 500):
+            chunk = report_ids[start : start + 500]
+            rows = self._sql(
+                "SELECT id, state, COALESCE(waiting_payload, payload) FROM report "
+                f"WHERE id IN ({', '.join('?' * len(chunk))})",
+                chunk,
+            )
+            for report_id, state, payload in rows:
+                found[report_id] = (ReportState(state), zlib.decompress(payload))
+        return found
+
     def retry(self, report_ids: Iterable[str] = (), *, failed: bool = False) -> int:
         """Make these failed or pending reports, and all failed ones if `failed`, due now."""
         now = self._now()
@@ -769,9 +784,11 @@ def _report_rows(reports: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]
     rows = []
     for index, (report_id, payload) in enumerate(reports):
         try:
-            uuid.UUID(report_id)
+            canonical = str(uuid.UUID(report_id))
         except (TypeError, ValueError, AttributeError):
             raise QueueError(f"report #{index}: id {report_id!r} is not a UUID") from None
+        if report_id != canonical:  # one report, one row: never 'ABC...' beside 'abc...'
+            raise QueueError(f"report #{index}: id {report_id!r} is not in canonical form")
         if not isinstance(payload, bytes) or not payload:
             raise QueueError(
                 f"report #{index} ({report_id}): payload must be non-empty JSON bytes, "

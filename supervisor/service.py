@@ -41,9 +41,11 @@ from wats_station.supervisor.config import Config, ConfigError, load_config
 from wats_station.supervisor.conversions import Conversions
 from wats_station.supervisor.guard import QueueGuard
 from wats_station.supervisor.lock import InstanceLock
+from wats_station.supervisor.logs import flush_repeats
 from wats_station.supervisor.notify import Notifier
 from wats_station.supervisor.process import Job, WorkerProcess, worker_command
 from wats_station.supervisor.queue import QueueWriteError, ReportQueue
+from wats_station.supervisor.trust import hello_refusal, may_send, peer_address
 from wats_station.supervisor.uploads import Uploads
 from wats_station.workers.crashpoints import crash_point
 
@@ -200,7 +202,8 @@ class Station:
                 self._worker_exited(worker, now)
 
     def _log_worker_line(self, worker: WorkerProcess, line: str) -> None:
-        log.info("%s[%s]: %s", worker.name, worker.popen.pid if worker.popen else "?", line)
+        pid = worker.popen.pid if worker.popen else "?"
+        log.info("%s[%s]: %s", worker.name, pid, line, extra={"repeat_key": worker.name})
 
     def _read_signals(self) -> None:
         try:
@@ -230,6 +233,7 @@ class Station:
                     self.conversions.tick(now)
                     self.uploads.tick(now)
         if now >= self._next_beat:
+            flush_repeats()
             self._send_heartbeats()
             self._next_beat = now + self.config.supervisor.heartbeat_interval_s
         self._notify_systemd(now)
@@ -355,8 +359,8 @@ class Station:
     def _serve_workers(self) -> None:
         now = time.monotonic()
         while self.worker_socket.poll(0):
-            frames = self.worker_socket.recv_multipart()
-            identity, payload = frames[0], frames[-1]
+            frames = self.worker_socket.recv_multipart(copy=False)
+            identity, payload = frames[0].bytes, frames[-1].bytes
             try:
                 message = decode(payload, self.max_message_bytes)
             except ProtocolError as error:
@@ -364,13 +368,21 @@ class Station:
                 log.warning("dropped a bad message from worker %r: %s", identity, error)
                 continue
             if message.type is MsgType.HELLO:
-                self._hello(identity, message.body, now)
+                self._hello(identity, message.body, now, peer_address(frames[-1]))
                 continue
             worker = self.by_identity.get(identity)
             if worker is None:
                 self.dropped_messages += 1  # from an incarnation we have already buried
                 continue
-            worker.last_seen = now
+            if not may_send(worker.kind, message.type):
+                self.dropped_messages += 1
+                log.warning(
+                    "dropped %s from %s: not a %s message", message.type, worker.name, worker.kind
+                )
+                continue
+            # Not the batch's start: a long batch (1000 files fingerprinted at start-up) would
+            # make every heartbeat in it look seconds old, and kill healthy workers.
+            worker.last_seen = time.monotonic()
             try:
                 self._handle_worker_message(worker, message)
             except QueueWriteError as error:  # the guard raises the alarm and resumes later
@@ -391,12 +403,14 @@ class Station:
         elif message.type is MsgType.FILE_REJECTED:
             self.conversions.file_rejected(message.body)
 
-    def _hello(self, identity: bytes, body: dict[str, Any], now: float) -> None:
+    def _hello(self, identity: bytes, body: dict[str, Any], now: float, peer: str | None) -> None:
         worker = self.workers.get(body["name"])
-        if worker is None or worker.pid != body["pid"]:
+        refusal = hello_refusal(worker, body, peer)
+        if refusal is not None:
             self.dropped_messages += 1
-            log.warning("ignored hello from unknown worker %s (pid %s)", body["name"], body["pid"])
+            log.warning("refused hello from %r (pid %s): %s", body["name"], body["pid"], refusal)
             return
+        assert worker is not None
         self.by_identity[identity] = worker
         worker.hello(identity, now)
         self._send_to(
@@ -614,6 +628,7 @@ class Station:
     # -- shutdown ---------------------------------------------------------------------
 
     def close(self) -> None:
+        flush_repeats(everything=True)
         signal.set_wakeup_fd(-1)
         for worker in self.workers.values():
             worker.kill("station closing")

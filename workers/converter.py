@@ -17,7 +17,7 @@ from typing import Any
 
 from wats_station.converters.base import ConversionError, Report, ensure_report_ids
 from wats_station.converters.registry import load_converter_class
-from wats_station.converters.wsjf import InvalidReport, validate_report
+from wats_station.converters.wsjf import InvalidReport, report_json, validate_report
 from wats_station.workers.base import JobError, Worker, run_worker
 from wats_station.workers.crashpoints import crash_point
 
@@ -88,12 +88,10 @@ class ConverterWorker(Worker):
 def serialise(report: Report, index: int, path: Path) -> dict[str, Any]:
     try:
         validate_report(report)
+        payload = report_json(report)
     except InvalidReport as error:
         raise JobError(f"report {index + 1} of {path.name} is not valid WSJF: {error}") from None
-    return {
-        "id": report["id"],
-        "json": json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode(),
-    }
+    return {"id": report["id"], "json": payload}
 
 
 def build_converter(
