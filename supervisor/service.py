@@ -210,8 +210,9 @@ class Station:
                 self._worker_exited(worker, now)
 
     def _log_worker_line(self, worker: WorkerProcess, line: str) -> None:
-        pid = worker.popen.pid if worker.popen else "?"
-        log.info("%s[%s]: %s", worker.name, pid, line, extra={"worker": worker.name, "line": line})
+        pid = worker.popen.pid if worker.popen else None
+        extra = {"worker": worker.name, "worker_pid": pid, "line": line}
+        log.info("%s[%s]: %s", worker.name, pid or "?", line, extra=extra)
 
     def _read_signals(self) -> None:
         try:
