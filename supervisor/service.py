@@ -140,9 +140,8 @@ class Station:
 
     @staticmethod
     def _capacity(kind: str, config: Config) -> int:
-        return {"uploader": config.upload.max_concurrency, "converter": 1}.get(
-            kind, 0
-        )  # metrics: 0
+        # The watcher and the metrics worker run no jobs.
+        return {"uploader": config.upload.max_concurrency, "converter": 1}.get(kind, 0)
 
     def set_title(self, doing: str) -> None:
         setproctitle(f"wats-station[{self.paths.instance}]: supervisor {doing}")

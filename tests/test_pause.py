@@ -67,7 +67,7 @@ def test_pause_during_a_stream_loses_nothing_and_delivers_everything_once_after_
 
         # Paused: the new files stay in the drop folder, the new reports stay queued.
         wait_until(
-            lambda: station.call("list_files", state="waiting").__len__() >= 4,
+            lambda: len(station.call("list_files", state="waiting")) >= 4,
             10,
             "the paused files to be listed as waiting",
         )
