@@ -118,6 +118,9 @@ def test_pause_one_kind_at_a_time_and_on_a_stopped_station(make_station):
     paused = station.call("get_status")["paused"]
     assert paused["conversions"]["by"] == "ann@line-3"
     assert paused["uploads"]["by"] != "ann@line-3"  # the first pause keeps who paused it
+    text = station.cli("status", check=True).stdout
+    assert "paused     conversions (by ann@line-3 at " in text
+    assert "health     degraded" in text and "paused: uploads paused by " in text
     station.call("resume", what="uploads")
     paused = station.call("get_status")["paused"]
     assert paused["uploads"] is None and paused["conversions"]["by"] == "ann@line-3"
