@@ -40,6 +40,7 @@ from wats_station.supervisor.config import Config, ConfigError, load_config
 from wats_station.supervisor.conversions import Conversions
 from wats_station.supervisor.health import Health
 from wats_station.supervisor.lock import InstanceLock
+from wats_station.supervisor.logs import setup_logging
 from wats_station.supervisor.notify import Notifier
 from wats_station.supervisor.pause import Pause
 from wats_station.supervisor.process import Job, WorkerProcess, worker_command
@@ -535,9 +536,11 @@ class Station:
         old, self.config = self.config, new
         changed = [
             kind
-            for kind in ("watcher", "converter", "uploader")
+            for kind in STOP_ORDER
             if self.worker_settings(kind, old) != self.worker_settings(kind, new)
         ]
+        if old.logging != new.logging:
+            setup_logging(self.paths, new.logging)
         if old.supervisor != new.supervisor:
             for worker in self.workers.values():
                 worker.settings = new.supervisor

@@ -130,7 +130,7 @@ def health_config(url: str) -> dict:
             "unsent_failing_s": 4.0,
             "waiting_degraded_s": 1.0,
             "waiting_failing_s": 3.0,
-            "failures_window_s": 2.0,
+            "failures_window_s": 3.0,
             "clock_skew_s": 60.0,
             "interval_s": 0.1,
         },

@@ -72,6 +72,9 @@ def test_pause_during_a_stream_loses_nothing_and_delivers_everything_once_after_
             "the paused files to be listed as waiting",
         )
         assert emulator.stats()["received"] - received_at_pause <= 5  # only uploads in flight
+        wait_until(
+            lambda: station.call("get_queue_stats")["processing"] == 0, 10, "uploads in flight"
+        )
         sent_while_paused = emulator.stats()["received"]
 
         # A restart keeps the pause (and the files and reports).
