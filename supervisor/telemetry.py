@@ -102,7 +102,7 @@ class Telemetry:
             "workers_running": sum(w.pid is not None for w in station.workers.values()),
             "loop_lag_s": self.loop_lag_s,
             "queue_bytes": queue_bytes(queue.path),
-            "health": station.health.current,
+            "health": station.health.evaluate(now),  # fresh, so it agrees with the counts
             "paused": station.pause.as_dict(),
             "server_state": str(station.uploads.server_state),
         }
