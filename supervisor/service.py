@@ -618,7 +618,7 @@ class Station:
             "queue": self.queue.stats() if self.queue else {},
             "files": self.conversions.stats(),
             "paused": self.pause.as_dict(),
-            "health": self.health.current,
+            "health": self.health.evaluate(now),
             "workers": [w.status(now) for w in self.workers.values()],
             "dropped_messages": self.dropped_messages,
             "failed_messages": self.failed_messages,
