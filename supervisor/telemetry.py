@@ -51,8 +51,11 @@ class Telemetry:
         elif topic == "report.queued":
             self.reports_queued += 1
 
-    def upload_answered(self, outcome: str, latency_s: float) -> None:
+    def upload_answered(self, outcome: str, latency_s: float | None) -> None:
+        """Count one upload's outcome; its round trip too, unless there was none (lost)."""
         self.uploads[outcome] += 1
+        if latency_s is None:
+            return
         self.latency_sum += latency_s
         self.latency_count += 1
         for index, bound in enumerate(LATENCY_BUCKETS):
