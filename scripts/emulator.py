@@ -14,11 +14,12 @@ the API port serves them too while it is up::
 Report ids are compared as UUIDs, so they are stored and listed in canonical lower-case form.
 A stored report is answered as the real server does (``InsertReportResult``: ``{"ID": <the
 report's id>, "uuid": <id>, "Report_ID": <a number>}``, FORMATS.md and the pyWATS notes).
-Faults other than ``unauthorized``, ``latency_ms``, ``not_wats_rate`` and ``down`` apply to
-report POSTs only, so the connectivity check keeps answering while uploads fail.
-``not_wats_rate`` answers any API call with ``200`` and an HTML page and stores nothing, as a
-captive portal, a proxy or a wrong URL would; ``drop_after_store_rate`` stores the report and
-then closes the connection without an answer.
+Faults other than ``unauthorized``, ``latency_ms``, ``not_wats_rate``, ``down`` and
+``clock_offset_s`` (which shifts the ``Date`` header of every answer, as a server with a wrong
+clock would) apply to report POSTs only, so the connectivity check keeps answering while
+uploads fail. ``not_wats_rate`` answers any API call with ``200`` and an HTML page and stores
+nothing, as a captive portal, a proxy or a wrong URL would; ``drop_after_store_rate`` stores the
+report and then closes the connection without an answer.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ FAULTS: dict[str, tuple[Any, Callable[[object], Any]]] = {
     "drop_after_store_rate": (0.0, _rate),
     "not_wats_rate": (0.0, _rate),
     "down": (False, _flag),
+    "clock_offset_s": (0.0, _number(-math.inf, math.inf, False, "a number of seconds")),
 }
 
 
@@ -241,6 +243,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._handle("GET")
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        offset = self.server.emulator.faults()["clock_offset_s"]
+        return super().date_time_string((time.time() if timestamp is None else timestamp) + offset)
 
     def do_POST(self) -> None:
         self._handle("POST")

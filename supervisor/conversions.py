@@ -219,6 +219,8 @@ class Conversions:
         return False
 
     def tick(self, now: float) -> None:
+        if self.station.pause.conversions:
+            return  # files stay in their drop folders, recorded and waiting
         while self.waiting:
             workers = self.station.idle_workers("converter")
             if not workers:
@@ -255,7 +257,7 @@ class Conversions:
         # stored one (as WATS itself would), but never silently.
         stored = self.queue.stored_payloads([report_id for report_id, _ in rows])
         try:
-            self.queue.commit_conversion(source_id, rows)
+            self.queue.commit_conversion(source_id, rows, body["data"].get("converter_version", ""))
         except QueueWriteError as error:
             # Nothing was committed: the file stays recorded and is converted again later.
             log.warning("could not commit the reports of %s: %s", path, error)
@@ -346,6 +348,7 @@ class Conversions:
             "file.failed",
             {
                 "path": path,
+                "converter": conv.name,
                 "error_folder": str(folder),
                 "error": str(details.get("error") or details.get("message")),
             },
@@ -370,7 +373,13 @@ class Conversions:
         )
         self.counts["converted"] += 1
         self.station.publish(
-            "file.done", {"path": path, "action": conv.post_action, "final_path": final}
+            "file.done",
+            {
+                "path": path,
+                "converter": conv.name,
+                "action": conv.post_action,
+                "final_path": final,
+            },
         )
 
     # -- reporting --------------------------------------------------------------------

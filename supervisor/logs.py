@@ -7,17 +7,24 @@ Log lines quote outside text (file names, worker output, what a stranger sent), 
 control character in a message is escaped: a file named ``x\nERROR forged`` stays on its own
 line. A traceback follows its line on lines that all start with ``  | ``. And a flood of the
 same message (20,000 bad frames) is cut after a burst, then summarised with a count.
+
+With ``logging.format: json`` every line is one JSON object instead (for a log shipper): time,
+level, instance, process (``supervisor`` or the worker's name), pid, event (the message), and
+the report ids the message names.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from wats_station.ipc.endpoints import InstancePaths
 from wats_station.supervisor.config import LoggingSettings
@@ -117,6 +124,40 @@ def flush_repeats(*, everything: bool = False) -> None:
             log_filter.flush(everything=everything)
 
 
+UUID = re.compile(
+    r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"
+)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record. A worker's output line (logged by the supervisor with
+    ``extra={"worker": name, "line": text}``) is attributed to the worker."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__()
+        self.instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        worker = getattr(record, "worker", None)
+        event = getattr(record, "line", None) if worker else None
+        if event is None:
+            event = record.getMessage()
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "instance": self.instance,
+            "process": worker or "supervisor",
+            "pid": getattr(record, "worker_pid", None) or record.process,
+            "event": event,
+        }
+        ids = sorted({match.lower() for match in UUID.findall(event)})
+        if ids:
+            entry["report_ids"] = ids
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 def setup_logging(paths: InstancePaths, settings: LoggingSettings) -> logging.Logger:
     logger = logging.getLogger(LOGGER)
     logger.setLevel(settings.level)
@@ -134,8 +175,11 @@ def setup_logging(paths: InstancePaths, settings: LoggingSettings) -> logging.Lo
         if under_journald
         else (f"%(asctime)s %(levelname)s {tag}: %(message)s")
     )
+    as_json = settings.format == "json"
     stream = logging.StreamHandler(sys.stderr)
-    stream.setFormatter(OneLineFormatter(stderr_format))
+    stream.setFormatter(
+        JsonFormatter(paths.instance) if as_json else OneLineFormatter(stderr_format)
+    )
     logger.addHandler(stream)
     try:
         paths.log_dir.mkdir(parents=True, exist_ok=True)
@@ -151,6 +195,10 @@ def setup_logging(paths: InstancePaths, settings: LoggingSettings) -> logging.Lo
             "cannot write the log file %s: %s; logging to stderr only", paths.log_file, error
         )
     else:
-        file_handler.setFormatter(OneLineFormatter(f"%(asctime)s %(levelname)s {tag}: %(message)s"))
+        file_handler.setFormatter(
+            JsonFormatter(paths.instance)
+            if as_json
+            else OneLineFormatter(f"%(asctime)s %(levelname)s {tag}: %(message)s")
+        )
         logger.addHandler(file_handler)
     return logger

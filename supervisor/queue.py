@@ -42,6 +42,7 @@ from typing import Any
 import peewee
 
 from wats_station.ipc.states import ReportState, SourceState
+from wats_station.supervisor import trail
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 5.0
@@ -310,6 +311,7 @@ class ReportQueue:
                 self._migrate_v1()
             elif layout == "v2":
                 self._migrate_v2()
+            trail.ensure_schema(self)
         except (peewee.PeeweeException, sqlite3.Error) as error:
             self.close()
             raise QueueError(f"queue database {self.path}: {error}") from error
@@ -714,16 +716,21 @@ class ReportQueue:
             ).fetchone()
         return _source(row)
 
-    def commit_conversion(self, source_id: int, reports: Sequence[tuple[str, bytes]]) -> None:
+    def commit_conversion(
+        self, source_id: int, reports: Sequence[tuple[str, bytes]], converter_version: str = ""
+    ) -> None:
         """Queue a file's reports and mark it converted in ONE transaction: both or neither."""
         rows = _report_rows(reports)
         with self._write():
             self._check_source(source_id, "commit the conversion of", SourceState.RECORDED)
+            now = self._now()
+            detail = f"{len(rows)} report(s); converter version {converter_version or 'unknown'}"
+            self._sql(trail.INSERT, (now, source_id, None, "converted", None, detail))
             self._upsert(rows, source_id)
             self._sql(
                 "UPDATE source_file SET state = 'converted', report_count = ?, last_error = NULL, "
                 "updated_at = ? WHERE id = ?",
-                (len(rows), self._now(), source_id),
+                (len(rows), now, source_id),
             )
 
     def record_crash(self, source_id: int, error: str) -> int:

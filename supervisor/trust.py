@@ -37,6 +37,7 @@ MESSAGES_FROM: dict[str, frozenset[MsgType]] = {
     "watcher": frozenset({MsgType.HEARTBEAT, MsgType.FILE_READY, MsgType.FILE_REJECTED}),
     "converter": frozenset({MsgType.HEARTBEAT, MsgType.JOB_DONE}),
     "uploader": frozenset({MsgType.HEARTBEAT, MsgType.JOB_DONE}),
+    "metrics": frozenset({MsgType.HEARTBEAT}),  # it only reads the event stream
 }
 
 

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 import uuid
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,15 @@ def answer_lost(error: requests.RequestException) -> bool:
     )
 
 
+def clock_skew(response: requests.Response) -> float | None:
+    """Our clock minus the server's, from its ``Date`` header (whole seconds), or None."""
+    try:
+        server_time = parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return round(time.time() - server_time, 1)
+
+
 def retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After", "")
     try:
@@ -213,6 +223,7 @@ class UploaderWorker(Worker):
             "http_status": response.status_code,
             "message": server_message(response),
             "retry_after_s": retry_after(response) if response.status_code == 429 else None,
+            "clock_skew_s": clock_skew(response),
         }
 
     def probe(self) -> dict[str, Any]:
@@ -233,6 +244,7 @@ class UploaderWorker(Worker):
             "outcome": str(outcome),
             "http_status": response.status_code,
             "message": server_message(response),
+            "clock_skew_s": clock_skew(response),
         }
 
     def keep_processes_fresh(self) -> None:
