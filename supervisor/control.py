@@ -22,6 +22,7 @@ from wats_station.ipc.protocol import ErrorCode, JobKind, Message, reply_error, 
 from wats_station.ipc.states import PauseTarget, ReportState
 from wats_station.supervisor import files, trail
 from wats_station.supervisor.config import ConfigError, config_to_dict
+from wats_station.supervisor.conversions import note_replacement
 from wats_station.supervisor.queue import QueueError, QueueWriteError
 
 if TYPE_CHECKING:
@@ -374,14 +375,6 @@ def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     station.uploads.wake()
     station.publish("report.queued", {"id": report_id, "source": "submit_report"})
     return {"id": report_id, "state": str(ReportState.PENDING)}
-
-
-def note_replacement(station: Station, report_id: str, state: ReportState, source: str) -> None:
-    """A different report takes the place of a stored one: say so, in the log and as an event."""
-    log.warning(
-        "report %s (%s) is replaced by a different report from %s", report_id, state, source
-    )
-    station.publish("report.replaced", {"id": report_id, "was": str(state), "source": source})
 
 
 @command("list_converters", "Every configured converter with its folders and file counts.")

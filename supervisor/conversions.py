@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wats_station.ipc.protocol import JobKind
-from wats_station.ipc.states import SourceState
+from wats_station.ipc.states import ReportState, SourceState
 from wats_station.supervisor.atomic import fsync_dir, write_atomically
 from wats_station.supervisor.config import ConverterSettings
-from wats_station.supervisor.control import note_replacement
+from wats_station.supervisor.pathnames import real_path, stored_path
 from wats_station.supervisor.queue import QueueWriteError
 from wats_station.supervisor.trust import inside_folder
 from wats_station.workers.crashpoints import crash_point
@@ -55,23 +55,9 @@ class Pending:
     converter: str
 
 
-def stored_path(path: str) -> str:
-    """A path as the queue database keeps it. SQLite text must be valid UTF-8, so a name
-    that is not (Linux allows any bytes) is kept as ``hex:`` and its bytes, reversibly."""
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return "hex:" + os.fsencode(path).hex()
-    return path
-
-
 def readable(text: str) -> str:
     """Text safe for the database and for people: undecodable bytes shown as escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def real_path(stored: str) -> str:
-    return os.fsdecode(bytes.fromhex(stored[4:])) if stored.startswith("hex:") else stored
 
 
 def file_sha256(path: str) -> str:
@@ -472,3 +458,11 @@ def archive(source: Path, done: Path) -> str:
     source.unlink()
     fsync_dir(source.parent)
     return f"{zip_path}:{name}"
+
+
+def note_replacement(station: Station, report_id: str, state: ReportState, source: str) -> None:
+    """A different report takes the place of a stored one: say so, in the log and as an event."""
+    log.warning(
+        "report %s (%s) is replaced by a different report from %s", report_id, state, source
+    )
+    station.publish("report.replaced", {"id": report_id, "was": str(state), "source": source})

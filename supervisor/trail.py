@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from wats_station.supervisor.conversions import real_path, stored_path
+from wats_station.supervisor.pathnames import real_path, stored_path
 
 if TYPE_CHECKING:
     from wats_station.supervisor.queue import ReportQueue
