@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from wats_station.converters.wsjf import InvalidReport, validate_report
 from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
 from wats_station.ipc.states import ReportState
-from wats_station.supervisor.config import ConfigError, config_to_dict
+from wats_station.supervisor.config import PRIORITY_RANGE, ConfigError, config_to_dict
 
 if TYPE_CHECKING:
     from wats_station.supervisor.process import WorkerProcess
@@ -214,6 +214,7 @@ def _report_summary(report: Any, *, with_payload: bool = False) -> dict[str, Any
         "last_http_status": report.last_http_status,
         "created_at": report.created_at,
         "updated_at": report.updated_at,
+        "priority": report.priority,
     }
     if with_payload:
         summary["report"] = json.loads(report.payload)
@@ -282,9 +283,17 @@ def clean_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
     "submit_report",
     "Queue one WSJF report; the reply comes after it is durably committed.",
     report=((dict, str, bytes), True),
+    priority=OPT_INT,
 )
 def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     report = args["report"]
+    priority = args.get("priority") or 0
+    low, high = PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"submit_report: priority must be between {low} and {high}, got {priority}",
+        )
     if isinstance(report, (str, bytes)):
         try:
             report = json.loads(report)
@@ -297,10 +306,10 @@ def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     except InvalidReport as error:
         raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
     payload = json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
-    station.queue.enqueue([(report["id"], payload)])
+    station.queue.enqueue([(report["id"], payload)], priority=priority)
     station.uploads.wake()
     station.publish("report.queued", {"id": report["id"], "source": "submit_report"})
-    return {"id": report["id"], "state": str(ReportState.PENDING)}
+    return {"id": report["id"], "state": str(ReportState.PENDING), "priority": priority}
 
 
 @command("list_converters", "Every configured converter with its folders and file counts.")

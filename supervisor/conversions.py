@@ -9,6 +9,10 @@
    that marks the file converted, then performs the post action.
 4. A worker that dies on a file costs that file one crash; at ``max_crashes`` the file is
    quarantined to the error folder with a sidecar that says why. Other files flow on.
+
+A file from a subfolder of the watch folder (a recursive converter) keeps its relative path:
+``drop/lineA/x.json`` goes to ``Done/lineA/x.json``, ``Error/lineA/x.json`` (its reason beside
+it) or ``lineA/x.json`` in the archive.
 """
 
 from __future__ import annotations
@@ -83,6 +87,16 @@ def free_name(folder: Path, name: str) -> Path:
         candidate = folder / f"{stem} ({counter}){dot}{suffix}"
         counter += 1
     return candidate
+
+
+def relative_folder(path: str | Path, conv: ConverterSettings) -> Path:
+    """The subfolder of the converter's watch folder that holds `path` ('.' at the top, and for
+    a file that is not under the watch folder at all)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    relative = os.path.relpath(folder, os.path.abspath(conv.watch_folder))
+    if relative == os.curdir or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return Path(os.curdir)
+    return Path(relative)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -218,7 +232,9 @@ class Conversions:
             self._fail(source_id, path, conv, {**error, "attempts": 1})
             return
         reports = body["data"]["reports"]
-        self.queue.commit_conversion(source_id, [(r["id"], r["json"]) for r in reports])
+        self.queue.commit_conversion(
+            source_id, [(r["id"], r["json"]) for r in reports], priority=conv.priority
+        )
         crash_point("after-report-committed")
         self.counts["reports"] += len(reports)
         self.station.uploads.wake()
@@ -266,7 +282,7 @@ class Conversions:
     def _to_error_folder(
         self, path: str, conv: ConverterSettings, details: dict[str, Any]
     ) -> str | None:
-        folder = Path(conv.error_folder)
+        folder = Path(conv.error_folder) / relative_folder(path, conv)
         folder.mkdir(parents=True, exist_ok=True)
         source = Path(path)
         target = free_name(folder, source.name)
@@ -349,6 +365,9 @@ def describe_converters(converters: list[ConverterSettings]) -> list[dict[str, A
             "error_folder": conv.error_folder,
             "file_patterns": conv.file_patterns,
             "post_action": conv.post_action,
+            "recursive": conv.recursive,
+            "max_depth": conv.max_depth,
+            "priority": conv.priority,
             "waiting": 0,
             "errors": count_files(conv.error_folder, exclude_suffix=SIDECAR_SUFFIX),
         }
@@ -357,14 +376,13 @@ def describe_converters(converters: list[ConverterSettings]) -> list[dict[str, A
 
 
 def count_files(folder: str, exclude_suffix: str = "") -> int:
-    try:
-        return sum(
-            1
-            for e in os.scandir(folder)
-            if e.is_file() and not e.name.endswith(exclude_suffix or "\0")
-        )
-    except OSError:
-        return 0
+    """Files in `folder` and its subfolders (where a recursive converter's files land)."""
+    return sum(
+        1
+        for _, _, names in os.walk(folder)
+        for name in names
+        if not name.endswith(exclude_suffix or "\0")
+    )
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -386,10 +404,13 @@ def post_action(source: Path, conv: ConverterSettings) -> str | None:
         source.unlink()
         fsync_dir(source.parent)
         return None
+    relative = relative_folder(source, conv)
     done = Path(conv.done_folder)
-    done.mkdir(parents=True, exist_ok=True)
     if conv.post_action == "archive":
-        return archive(source, done)
+        done.mkdir(parents=True, exist_ok=True)
+        return archive(source, done, relative)
+    done = done / relative
+    done.mkdir(parents=True, exist_ok=True)
     target = free_name(done, source.name)
     try:
         os.rename(source, target)
@@ -399,14 +420,16 @@ def post_action(source: Path, conv: ConverterSettings) -> str | None:
     return str(target)
 
 
-def archive(source: Path, done: Path) -> str:
-    """Append the file to ``Done/YYYY-MM.zip`` and delete it once the archive is on disk."""
+def archive(source: Path, done: Path, relative: Path = Path(os.curdir)) -> str:
+    """Append the file to ``Done/YYYY-MM.zip`` (under its relative folder) and delete it once
+    the archive is on disk."""
     zip_path = done / f"{time.strftime('%Y-%m')}.zip"
+    folder = "" if relative == Path(os.curdir) else relative.as_posix() + "/"
     with zipfile.ZipFile(zip_path, "a", compression=zipfile.ZIP_DEFLATED) as archive_file:
         names = set(archive_file.namelist())
-        name, counter = source.name, 2
+        name, counter = folder + source.name, 2
         while name in names:
-            name = f"{source.stem} ({counter}){source.suffix}"
+            name = f"{folder}{source.stem} ({counter}){source.suffix}"
             counter += 1
         archive_file.write(source, arcname=name)
     with open(zip_path, "rb") as handle:

@@ -11,8 +11,13 @@ release, start-up recovery) or ``-> failed``; ``failed -> pending`` when a perso
 ``attempts`` counts uploads that were answered badly (``retry_later(count_attempt=True)`` and
 ``fail``); ``release`` and ``recover`` count none, as the report was not at fault.
 
+Claim order: higher ``priority`` first, oldest (``seq``) first within a priority; and no report
+is claimed while one of a higher priority is being uploaded, so a lower priority never overtakes
+a higher one on the wire (the cost: at most one round trip of lost concurrency per priority
+step of a backlog).
+
 Schema versions (``PRAGMA user_version``): 1 is the pyWATS client's ``reports`` table, migrated
-on open; 2 is ours (``SCHEMA_V2``).
+on open; 2 is ours (``SCHEMA_V2``); 3 adds report priority (``SCHEMA_V3``), migrated in place.
 """
 
 from __future__ import annotations
@@ -109,14 +114,38 @@ SCHEMA_V2 = (
     *_counted("report", "report_count", ReportState),
     *_counted("source_file", "source_count", SourceState),
 )
+# Version 3: report priority. ADD COLUMN with a constant default rewrites no row; the claim
+# index serves the claim order, and a counter table kept by triggers says how many reports wait
+# at each priority without scanning them.
+SCHEMA_V3 = (
+    "ALTER TABLE report ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    "CREATE INDEX report_claim ON report (state, priority DESC, seq)",
+    "CREATE TABLE pending_by_priority (priority INTEGER PRIMARY KEY, n INTEGER NOT NULL) "
+    "WITHOUT ROWID",
+    """INSERT INTO pending_by_priority SELECT priority, COUNT(*) FROM report
+        WHERE state = 'pending' GROUP BY priority""",
+    """CREATE TRIGGER report_priority_in AFTER INSERT ON report WHEN NEW.state = 'pending' BEGIN
+        INSERT INTO pending_by_priority VALUES (NEW.priority, 1)
+        ON CONFLICT (priority) DO UPDATE SET n = n + 1; END""",
+    """CREATE TRIGGER report_priority_out AFTER DELETE ON report WHEN OLD.state = 'pending' BEGIN
+        UPDATE pending_by_priority SET n = n - 1 WHERE priority = OLD.priority; END""",
+    """CREATE TRIGGER report_priority_moved AFTER UPDATE OF state, priority ON report
+        WHEN (OLD.state = 'pending') <> (NEW.state = 'pending')
+            OR (NEW.state = 'pending' AND OLD.priority <> NEW.priority) BEGIN
+        UPDATE pending_by_priority SET n = n - 1
+            WHERE OLD.state = 'pending' AND priority = OLD.priority;
+        INSERT INTO pending_by_priority SELECT NEW.priority, 1 WHERE NEW.state = 'pending'
+            ON CONFLICT (priority) DO UPDATE SET n = n + 1; END""",
+)
 V2_TABLES = frozenset({"report", "source_file", "report_count", "source_count"})
+V3_TABLES = V2_TABLES | {"pending_by_priority"}
 V1_COLUMNS = frozenset(
     {"id", "report_data", "status", "created_at", "updated_at", "attempts", "error"}
 )
 
 REPORT_COLUMNS = (
     "id, payload, state, attempts, next_attempt_at, last_error, last_http_status, "
-    "created_at, updated_at, source_id"
+    "created_at, updated_at, source_id, priority"
 )
 SOURCE_COLUMNS = (
     "id, path, size, mtime_ns, sha256, converter, state, crashes, last_error, final_path"
@@ -125,9 +154,10 @@ SOURCE_COLUMNS = (
 # A new id is inserted. A known id is overwritten and due now, unless its upload is in flight:
 # then the new payload waits beside the old one until the upload's answer is recorded.
 UPSERT_REPORT = """INSERT INTO report
-    (id, payload, state, attempts, next_attempt_at, created_at, updated_at, source_id)
-    VALUES (?, ?, 'pending', 0, ?, ?, ?, ?)
+    (id, payload, state, attempts, next_attempt_at, created_at, updated_at, source_id, priority)
+    VALUES (?, ?, 'pending', 0, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET
+        priority = excluded.priority,
         waiting_payload = IIF(state = 'processing', excluded.payload, NULL),
         payload = IIF(state = 'processing', payload, excluded.payload),
         state = IIF(state = 'processing', state, 'pending'),
@@ -161,6 +191,7 @@ class QueuedReport:
     created_at: float
     updated_at: float
     source_id: int | None
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,7 +218,7 @@ def _source(row: Sequence[Any]) -> SourceRecord:
 
 
 class ReportQueue:
-    SCHEMA_VERSION = 2
+    SCHEMA_VERSION = 3
 
     def __init__(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
         """Open the queue file, creating it or migrating a v1 file; QueueError if it is unusable."""
@@ -207,6 +238,8 @@ class ReportQueue:
                 self._create()
             elif layout == "v1":
                 self._migrate_v1()
+            elif layout == "v2":
+                self._migrate_v2()
         except (peewee.PeeweeException, sqlite3.Error) as error:
             self._db.close()
             raise QueueError(f"queue database {self.path}: {error}") from error
@@ -227,7 +260,14 @@ class ReportQueue:
 
     def _create(self) -> None:
         with self._write():
-            for statement in SCHEMA_V2:
+            for statement in (*SCHEMA_V2, *SCHEMA_V3):
+                self._sql(statement)
+            self._sql(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
+
+    def _migrate_v2(self) -> None:
+        """Add report priority to a version 2 queue; every report it holds gets priority 0."""
+        with self._write():
+            for statement in SCHEMA_V3:
                 self._sql(statement)
             self._sql(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
 
@@ -239,7 +279,7 @@ class ReportQueue:
             "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
         )
         with self._write():
-            for statement in SCHEMA_V2:
+            for statement in (*SCHEMA_V2, *SCHEMA_V3):
                 self._sql(statement)
             old = self._sql(
                 "SELECT id, report_data, status, created_at, updated_at, attempts, error "
@@ -253,19 +293,19 @@ class ReportQueue:
 
     # -- reports -----------------------------------------------------------------------
 
-    def enqueue(self, reports: Sequence[tuple[str, bytes]]) -> None:
+    def enqueue(self, reports: Sequence[tuple[str, bytes]], *, priority: int = 0) -> None:
         """Store (id, JSON bytes) reports as pending in one durable transaction (UPSERT_REPORT)."""
         rows = _report_rows(reports)
         with self._write():
-            self._upsert(rows, None)
+            self._upsert(rows, None, priority)
 
-    def _upsert(self, rows: list[tuple[str, bytes]], source_id: int | None) -> None:
+    def _upsert(self, rows: list[tuple[str, bytes]], source_id: int | None, priority: int) -> None:
         now = self._now()
-        values = [(id_, payload, now, now, now, source_id) for id_, payload in rows]
+        values = [(id_, payload, now, now, now, source_id, priority) for id_, payload in rows]
         self._db.connection().executemany(UPSERT_REPORT, values)
 
     def claim_due(self, limit: int) -> list[QueuedReport]:
-        """Mark up to `limit` due pending reports processing, oldest first, and return them."""
+        """Mark up to `limit` due pending reports processing, in claim order, and return them."""
         if limit <= 0:
             return []
         now = self._now()
@@ -279,26 +319,45 @@ class ReportQueue:
                 f"RETURNING seq, {REPORT_COLUMNS}",
                 (now, *seqs),
             ).fetchall()
-        return [_report(row[1:]) for row in sorted(rows)]
+        order = {seq: index for index, seq in enumerate(seqs)}
+        return [_report(row[1:]) for row in sorted(rows, key=lambda row: order[row[0]])]
 
     def _due_seqs(self, now: float, limit: int) -> list[int]:
+        floor = self._in_flight_priority()
         window = max(FIFO_WINDOW, 4 * limit)
         head = self._sql(
-            "SELECT seq, next_attempt_at FROM report INDEXED BY report_state "
-            "WHERE state = 'pending' ORDER BY seq LIMIT ?",
-            (window,),
+            "SELECT seq, priority, next_attempt_at FROM report INDEXED BY report_claim "
+            "WHERE state = 'pending' AND priority >= ? ORDER BY priority DESC, seq LIMIT ?",
+            (floor, window),
         ).fetchall()
-        due = [seq for seq, due_at in head if due_at <= now][:limit]
-        if len(due) == limit or len(head) < window:
-            return due
-        # The oldest reports are backing off (the server was away), so look the due ones up by
-        # due time; that reads every due row, and they are few while most are backing off.
+        due = [(seq, priority) for seq, priority, due_at in head if due_at <= now]
+        if due or len(head) < window:
+            return _one_priority(due, limit)
+        # The first reports in claim order are backing off (the server was away), so look the
+        # due ones up by due time; that reads every due row, and they are few while most are
+        # backing off.
         rows = self._sql(
-            "SELECT seq FROM report INDEXED BY report_due "
-            "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (now, limit),
+            "SELECT seq, priority FROM report INDEXED BY report_due "
+            "WHERE state = 'pending' AND next_attempt_at <= ? AND priority >= ? "
+            "ORDER BY priority DESC, seq LIMIT ?",
+            (now, floor, limit),
         ).fetchall()
-        return [seq for (seq,) in rows]
+        return _one_priority(rows, limit)
+
+    def _in_flight_priority(self) -> int:
+        """The highest priority being uploaded: nothing below it may be claimed meanwhile."""
+        row = self._sql(
+            "SELECT priority FROM report INDEXED BY report_claim WHERE state = 'processing' "
+            "ORDER BY priority DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else -(2**63)
+
+    def pending_by_priority(self) -> dict[int, int]:
+        """How many reports wait at each priority, highest first (kept by triggers: O(1))."""
+        rows = self._sql(
+            "SELECT priority, n FROM pending_by_priority WHERE n > 0 ORDER BY priority DESC"
+        )
+        return dict(rows.fetchall())
 
     def next_due_at(self) -> float | None:
         """When the earliest pending report is due (it may be in the past), or None."""
@@ -485,12 +544,14 @@ class ReportQueue:
             ).fetchone()
         return _source(row)
 
-    def commit_conversion(self, source_id: int, reports: Sequence[tuple[str, bytes]]) -> None:
+    def commit_conversion(
+        self, source_id: int, reports: Sequence[tuple[str, bytes]], *, priority: int = 0
+    ) -> None:
         """Queue a file's reports and mark it converted in ONE transaction: both or neither."""
         rows = _report_rows(reports)
         with self._write():
             self._check_source(source_id, "commit the conversion of", SourceState.RECORDED)
-            self._upsert(rows, source_id)
+            self._upsert(rows, source_id, priority)
             self._sql(
                 "UPDATE source_file SET state = 'converted', report_count = ?, last_error = NULL, "
                 "updated_at = ? WHERE id = ?",
@@ -548,6 +609,15 @@ class ReportQueue:
     def source_stats(self) -> dict[str, int]:
         counts = dict(self._sql("SELECT state, n FROM source_count").fetchall())
         return {str(state): counts.get(state, 0) for state in SourceState}
+
+
+def _one_priority(due: Sequence[tuple[int, int]], limit: int) -> list[int]:
+    """The first `limit` (seq, priority) rows that share the first row's priority: one claim is
+    uploaded concurrently, so mixing priorities in it would let a lower one arrive first."""
+    if not due:
+        return []
+    top = due[0][1]
+    return [seq for seq, priority in due[:limit] if priority == top]
 
 
 def _report_rows(reports: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -678,8 +748,10 @@ def _layout(path: Path, version: int, tables: set[str], v1_columns: set[str]) ->
         return "new"
     if version in (0, 1) and tables == {"reports"} and v1_columns >= V1_COLUMNS:
         return "v1"
-    if version == ReportQueue.SCHEMA_VERSION and tables >= V2_TABLES:
+    if version == 2 and tables >= V2_TABLES:
         return "v2"
+    if version == ReportQueue.SCHEMA_VERSION and tables >= V3_TABLES:
+        return "v3"
     raise QueueError(
         f"{path} is not a wats-station queue (schema version {version}, tables: "
         f"{', '.join(sorted(tables)) or 'none'}); it was left untouched"

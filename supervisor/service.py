@@ -579,6 +579,10 @@ class Station:
                 "detail": self.uploads.server_detail,
             },
             "queue": self.queue.stats() if self.queue else {},
+            "pending_by_priority": [
+                {"priority": priority, "pending": n}
+                for priority, n in (self.queue.pending_by_priority() if self.queue else {}).items()
+            ],
             "files": self.conversions.stats(),
             "workers": [w.status(now) for w in self.workers.values()],
             "dropped_messages": self.dropped_messages,

@@ -4,6 +4,12 @@ Events from watchdog are only hints: a file is reported when a stat shows its si
 unchanged for the debounce time, and a periodic rescan catches whatever the events missed
 (overflowed queues, network shares, a folder replaced under the watch). One checker thread
 owns all the bookkeeping; it sleeps until the next stability check or rescan is due.
+
+A recursive spec also takes files in subfolders, down to its ``max_depth``. The rescan walks
+the tree itself and is what decides: it never enters an excluded folder (the converters' Done
+and Error folders, wherever they are), another spec's watch folder, a hidden folder or a
+symlinked one, and it reports a folder it cannot list once (again only after it recovered).
+The events come from one recursive watchdog watch on the root, filtered by the same rules.
 """
 
 from __future__ import annotations
@@ -66,6 +72,20 @@ class WatchSpec:
     converter: str
     folder: Path
     patterns: tuple[str, ...]
+    recursive: bool = False
+    max_depth: int | None = None  # subfolder levels taken when recursive; None: all
+
+    def takes_depth(self, depth: int) -> bool:
+        """Whether files `depth` subfolder levels below the watch folder are this spec's."""
+        if depth == 0:
+            return True
+        return self.recursive and (self.max_depth is None or depth <= self.max_depth)
+
+    @property
+    def depth_limit(self) -> float:
+        if not self.recursive:
+            return 0
+        return float("inf") if self.max_depth is None else self.max_depth
 
 
 @dataclass(frozen=True)
@@ -92,6 +112,10 @@ class _Candidate:
     @property
     def signature(self) -> tuple[int, int]:
         return (self.size, self.mtime_ns)
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 class _HintHandler(FileSystemEventHandler):
@@ -143,6 +167,7 @@ class FolderWatcher:
         on_ready: Callable[[ReadyFile], None],
         *,
         on_rejected: Callable[[Path, str], None] | None = None,
+        excluded: Sequence[Path] = (),
         debounce_s: float = 1.0,
         rescan_interval_s: float = 10.0,
         polling: bool = False,
@@ -158,6 +183,14 @@ class FolderWatcher:
                 )
             matcher = _compile_patterns(spec.patterns, _PATTERN_FLAGS)
             self._folders.setdefault(Path(os.path.abspath(spec.folder)), []).append((spec, matcher))
+        self._depth_limit = {
+            folder: max(spec.depth_limit for spec, _ in specs)
+            for folder, specs in self._folders.items()
+        }
+        # Compared by the path as spelt and as resolved: Done may be named through a symlink.
+        self._excluded = {Path(os.path.abspath(folder)) for folder in excluded}
+        self._excluded |= {_real(folder) for folder in self._excluded}
+        self._excluded -= set(self._folders)
         self._on_ready = on_ready
         self._on_rejected = on_rejected
         self._debounce_s = debounce_s
@@ -172,6 +205,8 @@ class FolderWatcher:
         self._hints: set[Path] = set()
         self._warnings: list[str] = []
         self._unavailable_folders: set[Path] = set()
+        self._symlinked_folders: set[Path] = set()
+        self._errors: dict[Path, OSError] = {}
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._observers: list[BaseObserver] = []
@@ -205,6 +240,11 @@ class FolderWatcher:
             if self._checker.is_alive():
                 log.warning("folder watcher thread did not stop within %.0f s", JOIN_TIMEOUT_S)
 
+    def converter_of(self, path: Path) -> str | None:
+        """The converter whose spec takes this file, if any."""
+        spec = self._spec_for(Path(os.path.abspath(path)))
+        return spec.converter if spec else None
+
     def forget(self, path: Path) -> None:
         with self._lock:
             self._tracked.pop(Path(os.path.abspath(path)), None)
@@ -233,9 +273,15 @@ class FolderWatcher:
         native = None if self._polling else self._start_native_observer(len(folders))
         polling: BaseObserver | None = None
         for folder in folders:
+            # Recursive: one watch per subfolder, added by watchdog as folders appear or move
+            # in. They count against fs.inotify.max_user_watches; a subfolder it could not
+            # watch (the limit) is still covered by the rescan.
+            recursive = self._depth_limit[folder] > 0
             if native is not None:
                 try:
-                    native.schedule(handler, str(folder), event_filter=HINT_EVENTS)
+                    native.schedule(
+                        handler, str(folder), recursive=recursive, event_filter=HINT_EVENTS
+                    )
                     continue
                 except OSError as exc:
                     self._warn(
@@ -247,7 +293,9 @@ class FolderWatcher:
                 polling.start()
                 self._observers.append(polling)
             try:
-                polling.schedule(handler, str(folder), event_filter=HINT_EVENTS)
+                polling.schedule(
+                    handler, str(folder), recursive=recursive, event_filter=HINT_EVENTS
+                )
             except OSError as exc:
                 self._warn(f"cannot poll {folder} ({exc}); only the periodic rescan covers it")
 
@@ -273,13 +321,32 @@ class FolderWatcher:
     # -- hints from the observer threads -----------------------------------------------------
 
     def _spec_for(self, path: Path) -> WatchSpec | None:
-        return self._spec_for_name(path.parent, path.name)
-
-    def _spec_for_name(self, folder: Path, name: str) -> WatchSpec | None:
-        specs = self._folders.get(folder)
-        if specs is None or is_ignored_name(name):
+        """The spec of the nearest watch folder above `path` that takes it, if any."""
+        if is_ignored_name(path.name):
             return None
-        return next((spec for spec, matcher in specs if matcher.match(name)), None)
+        folder, depth = path.parent, 0
+        while folder not in self._folders:
+            if is_ignored_name(folder.name) or folder in self._excluded:
+                return None
+            if folder.parent == folder:
+                return None
+            folder, depth = folder.parent, depth + 1
+        if depth and self._is_excluded(_real(path.parent)):
+            return None  # under an excluded folder spelt another way (a symlink on the way)
+        return self._spec_in(folder, depth, path.name)
+
+    def _is_excluded(self, real: Path) -> bool:
+        return any(real.is_relative_to(folder) for folder in self._excluded)
+
+    def _spec_in(self, root: Path, depth: int, name: str) -> WatchSpec | None:
+        return next(
+            (
+                spec
+                for spec, matcher in self._folders[root]
+                if spec.takes_depth(depth) and matcher.match(name)
+            ),
+            None,
+        )
 
     def _hint(self, raw_path: str) -> None:
         path = Path(raw_path)
@@ -308,26 +375,66 @@ class FolderWatcher:
 
     def _rescan(self, now: float) -> None:
         present: set[Path] = set()
-        for folder in self._folders:
-            try:
-                with os.scandir(folder) as entries:
-                    names = [entry.name for entry in entries]
-            except OSError as exc:
-                if folder not in self._unavailable_folders:
-                    self._unavailable_folders.add(folder)
-                    self._warn(f"cannot list watch folder {folder} ({exc}); retrying every rescan")
-                continue
-            self._unavailable_folders.discard(folder)
-            for name in names:
-                spec = self._spec_for_name(folder, name)
-                if spec is not None:
-                    path = folder / name
-                    present.add(path)
-                    self._update(path, spec, _lstat(path), now)
+        unavailable: set[Path] = set()
+        for root in self._folders:
+            self._scan_tree(root, now, present, unavailable)
+        for folder in sorted(unavailable - self._unavailable_folders):
+            self._warn(f"{self._cannot_list(folder)}; retrying every rescan")
+        self._unavailable_folders = unavailable
         for path in self._tracked.keys() - present:
             # An unlistable folder tells us nothing about its files: keep them.
-            if path.parent not in self._unavailable_folders:
+            if not any(folder in unavailable for folder in path.parents):
                 del self._tracked[path]
+
+    def _scan_tree(
+        self, root: Path, now: float, present: set[Path], unavailable: set[Path]
+    ) -> None:
+        """List `root` and, for a recursive spec, its subfolders down to the depth limit."""
+        limit = self._depth_limit[root]
+        pending = [(root, 0)]
+        while pending:
+            folder, depth = pending.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    entries = [
+                        (entry.name, entry.is_dir(follow_symlinks=False), entry.is_symlink())
+                        for entry in listing
+                    ]
+            except (FileNotFoundError, NotADirectoryError) as exc:
+                if folder == root:
+                    unavailable.add(folder)
+                    self._errors[folder] = exc
+                continue  # a subfolder removed while we walked: nothing to take from it
+            except OSError as exc:
+                unavailable.add(folder)
+                self._errors[folder] = exc
+                continue
+            for name, is_dir, is_link in entries:
+                path = folder / name
+                if is_dir:
+                    if depth < limit and self._walkable(path):
+                        pending.append((path, depth + 1))
+                elif is_link and path.is_dir():
+                    if depth < limit and path not in self._symlinked_folders:
+                        self._symlinked_folders.add(path)
+                        self._warn(f"not following {path}: a symlink to the folder {_real(path)}")
+                elif not is_ignored_name(name) and (spec := self._spec_in(root, depth, name)):
+                    present.add(path)
+                    self._update(path, spec, _lstat(path), now)
+
+    def _walkable(self, folder: Path) -> bool:
+        return not (
+            is_ignored_name(folder.name)
+            or folder in self._folders  # another spec's watch folder: scanned as its own root
+            or folder in self._excluded
+            or self._is_excluded(_real(folder))
+        )
+
+    def _cannot_list(self, folder: Path) -> str:
+        error = self._errors.get(folder)
+        if folder in self._folders:
+            return f"cannot list watch folder {folder} ({error})"
+        return f"cannot list subfolder {folder} of a watch folder ({error}); its files wait"
 
     def _apply_hints(self, now: float) -> None:
         hints, self._hints = self._hints, set()
@@ -340,7 +447,11 @@ class FolderWatcher:
         self, path: Path, spec: WatchSpec, st: os.stat_result | None, now: float
     ) -> _Candidate | None:
         """Record what a stat showed; a changed size or mtime starts the debounce again."""
-        if st is None or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+        if (
+            st is None
+            or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))
+            or (stat.S_ISLNK(st.st_mode) and path.is_dir())  # a folder: not followed, not moved
+        ):
             self._tracked.pop(path, None)
             return None
         candidate = self._tracked.get(path)
@@ -362,7 +473,9 @@ class FolderWatcher:
         batch = []
         for path in due:
             spec = self._spec_for(path)
-            assert spec is not None  # only matching paths are ever tracked
+            if spec is None:  # a folder on its way was renamed or excluded since
+                del self._tracked[path]
+                continue
             # The stat at the end of the quiet period is what proves the file stable.
             candidate = self._update(path, spec, _lstat(path), now)
             if candidate is not None and self._due_at(candidate) <= now:
