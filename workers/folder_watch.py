@@ -22,6 +22,7 @@ import re
 import stat
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,9 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
+# watchdog warns when a recursive watch meets a folder it already watches (mkdir -p races its
+# own walk); the watch is kept, so the warning only fills the log.
+warnings.filterwarnings("ignore", r"Callback with id .* already exists", RuntimeWarning, "watchdog")
 
 TEMPORARY_NAME_PATTERNS = (
     "*.tmp",
