@@ -156,6 +156,17 @@ def test_a_nested_watch_folder_belongs_to_its_own_converter(tmp_path, seen, make
     assert {r.path: r.converter for r in seen.ready} == {deep: "any", own: "csv", marker: "any"}
 
 
+def test_polling_takes_subfolder_files_by_the_rescan(tmp_path, seen, make_watcher):
+    root = tmp_path / "drop"
+    make_watcher([tree_spec(root)], polling=True, rescan_interval_s=0.2, excluded=[root / "Done"])
+    deep = put(root / DEEP / "polled.json")
+    put(root / "Done" / "lineA" / "old.json")
+    wait_until(lambda: deep in seen.paths(), 5, "the file three levels down")
+    marker = put(root / "marker.json")
+    wait_until(lambda: marker in seen.paths(), 5, "the marker")
+    assert set(seen.paths()) == {deep, marker}
+
+
 def test_a_non_recursive_spec_ignores_subfolders(tmp_path, seen, make_watcher):
     root = tmp_path / "drop"
     put(root / "sub" / "inner.json")

@@ -9,7 +9,10 @@ A recursive spec also takes files in subfolders, down to its ``max_depth``. The 
 the tree itself and is what decides: it never enters an excluded folder (the converters' Done
 and Error folders, wherever they are), another spec's watch folder, a hidden folder or a
 symlinked one, and it reports a folder it cannot list once (again only after it recovered).
-The events come from one recursive watchdog watch on the root, filtered by the same rules.
+The events come from one recursive inotify watch on the root (watchdog adds a watch per
+subfolder as folders appear or move in), filtered by the same rules. Polling observes the root
+only: a recursive poll would list the whole tree, Done included, every second; the rescan
+finds files in subfolders instead.
 """
 
 from __future__ import annotations
@@ -277,8 +280,9 @@ class FolderWatcher:
         native = None if self._polling else self._start_native_observer(len(folders))
         polling: BaseObserver | None = None
         for folder in folders:
-            # Recursive: one watch per subfolder, added by watchdog as folders appear or move
-            # in. They count against fs.inotify.max_user_watches; a subfolder it could not
+            # Recursive: one inotify watch per subfolder (Done and Error ones inside the tree
+            # too: watchdog cannot leave them out; their events are dropped by _spec_for).
+            # They count against fs.inotify.max_user_watches; a subfolder watchdog could not
             # watch (the limit) is still covered by the rescan.
             recursive = self._depth_limit[folder] > 0
             if native is not None:
@@ -297,9 +301,7 @@ class FolderWatcher:
                 polling.start()
                 self._observers.append(polling)
             try:
-                polling.schedule(
-                    handler, str(folder), recursive=recursive, event_filter=HINT_EVENTS
-                )
+                polling.schedule(handler, str(folder), event_filter=HINT_EVENTS)
             except OSError as exc:
                 self._warn(f"cannot poll {folder} ({exc}); only the periodic rescan covers it")
 
