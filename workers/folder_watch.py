@@ -198,6 +198,9 @@ class FolderWatcher:
         self._excluded = {Path(os.path.abspath(folder)) for folder in excluded}
         self._excluded |= {_real(folder) for folder in self._excluded}
         self._excluded -= set(self._folders)
+        # A walk never follows a symlink, so below a root the resolved path is the root's
+        # resolved path plus the relative one: one realpath per root, not one per folder.
+        self._real_roots = {folder: _real(folder) for folder in self._folders}
         self._on_ready = on_ready
         self._on_rejected = on_rejected
         self._debounce_s = debounce_s
@@ -330,19 +333,18 @@ class FolderWatcher:
         """The spec of the nearest watch folder above `path` that takes it, if any."""
         if is_ignored_name(path.name):
             return None
-        folder, depth = path.parent, 0
+        folder, between = path.parent, []
         while folder not in self._folders:
             if is_ignored_name(folder.name) or folder in self._excluded:
                 return None
             if folder.parent == folder:
                 return None
-            folder, depth = folder.parent, depth + 1
-        if depth and self._is_excluded(_real(path.parent)):
-            return None  # under an excluded folder spelt another way (a symlink on the way)
-        return self._spec_in(folder, depth, path.name)
-
-    def _is_excluded(self, real: Path) -> bool:
-        return any(real.is_relative_to(folder) for folder in self._excluded)
+            between.append(folder)
+            folder = folder.parent
+        real_root = self._real_roots[folder]
+        if any(real_root / sub.relative_to(folder) in self._excluded for sub in between):
+            return None  # under an excluded folder spelt another way (through a symlink)
+        return self._spec_in(folder, len(between), path.name)
 
     def _spec_in(self, root: Path, depth: int, name: str) -> WatchSpec | None:
         return next(
@@ -397,9 +399,9 @@ class FolderWatcher:
     ) -> None:
         """List `root` and, for a recursive spec, its subfolders down to the depth limit."""
         limit = self._depth_limit[root]
-        pending = [(root, 0)]
+        pending = [(root, self._real_roots[root], 0)]
         while pending:
-            folder, depth = pending.pop()
+            folder, real, depth = pending.pop()
             try:
                 with os.scandir(folder) as listing:
                     entries = [
@@ -418,8 +420,8 @@ class FolderWatcher:
             for name, is_dir, is_link in entries:
                 path = folder / name
                 if is_dir:
-                    if depth < limit and self._walkable(path):
-                        pending.append((path, depth + 1))
+                    if depth < limit and self._walkable(path, real / name):
+                        pending.append((path, real / name, depth + 1))
                 elif is_link and path.is_dir():
                     if depth < limit and path not in self._symlinked_folders:
                         self._symlinked_folders.add(path)
@@ -428,12 +430,12 @@ class FolderWatcher:
                     present.add(path)
                     self._update(path, spec, _lstat(path), now)
 
-    def _walkable(self, folder: Path) -> bool:
+    def _walkable(self, folder: Path, real: Path) -> bool:
         return not (
             is_ignored_name(folder.name)
             or folder in self._folders  # another spec's watch folder: scanned as its own root
             or folder in self._excluded
-            or self._is_excluded(_real(folder))
+            or real in self._excluded
         )
 
     def _cannot_list(self, folder: Path) -> str:
