@@ -119,7 +119,9 @@ SCHEMA_V2 = (
 # at each priority without scanning them.
 SCHEMA_V3 = (
     "ALTER TABLE report ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
-    "CREATE INDEX report_claim ON report (state, priority DESC, seq)",
+    # Covering (next_attempt_at too): the claim reads its window from the index alone, even
+    # when the reports of one priority are scattered over the whole table.
+    "CREATE INDEX report_claim ON report (state, priority DESC, seq, next_attempt_at)",
     "CREATE TABLE pending_by_priority (priority INTEGER PRIMARY KEY, n INTEGER NOT NULL) "
     "WITHOUT ROWID",
     """INSERT INTO pending_by_priority SELECT priority, COUNT(*) FROM report
