@@ -326,18 +326,20 @@ class ReportQueue:
 
     def _due_seqs(self, now: float, limit: int) -> list[int]:
         floor = self._in_flight_priority()
+        # The due rows among the first `window` in claim order, filtered inside SQLite.
         window = max(FIFO_WINDOW, 4 * limit)
-        head = self._sql(
-            "SELECT seq, priority, next_attempt_at FROM report INDEXED BY report_claim "
-            "WHERE state = 'pending' AND priority >= ? ORDER BY priority DESC, seq LIMIT ?",
-            (floor, window),
+        due = self._sql(
+            "SELECT seq, priority FROM (SELECT seq, priority, next_attempt_at "
+            "FROM report INDEXED BY report_claim WHERE state = 'pending' AND priority >= ? "
+            "ORDER BY priority DESC, seq LIMIT ?) "
+            "WHERE next_attempt_at <= ? ORDER BY priority DESC, seq LIMIT ?",
+            (floor, window, now, limit),
         ).fetchall()
-        due = [(seq, priority) for seq, priority, due_at in head if due_at <= now]
-        if due or len(head) < window:
+        if due:
             return _one_priority(due, limit)
-        # The first reports in claim order are backing off (the server was away), so look the
-        # due ones up by due time; that reads every due row, and they are few while most are
-        # backing off.
+        # The first reports in claim order are backing off (the server was away), or none is
+        # due: look the due ones up by due time; that reads every due row, and they are few
+        # while most are backing off.
         rows = self._sql(
             "SELECT seq, priority FROM report INDEXED BY report_due "
             "WHERE state = 'pending' AND next_attempt_at <= ? AND priority >= ? "
