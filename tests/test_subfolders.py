@@ -192,6 +192,27 @@ def test_a_non_recursive_spec_ignores_subfolders(tmp_path, seen, make_watcher):
     assert set(seen.paths()) == {marker}
 
 
+def test_a_tree_near_the_inotify_watch_limit_is_reported_once(
+    tmp_path, seen, make_watcher, monkeypatch
+):
+    from wats_station.workers import folder_watch
+
+    limit_file = tmp_path / "max_user_watches"
+    limit_file.write_text("1500\n")
+    monkeypatch.setattr(folder_watch, "MAX_USER_WATCHES", str(limit_file))
+    root = tmp_path / "drop"
+    for line in range(1000):
+        (root / f"line{line:04}").mkdir(parents=True)
+    deep = put(root / "line0999" / "x.json")
+    watcher = make_watcher([tree_spec(root)], rescan_interval_s=0.05)
+    wait_until(lambda: deep in seen.paths(), 10, "the file")
+    wait_until(lambda: any("inotify watches" in w for w in watcher.warnings), 5, "the warning")
+    marker = put(root / "marker.json")
+    wait_until(lambda: marker in seen.paths(), 5, "the marker, a few rescans later")
+    about_limit = [w for w in watcher.warnings if "inotify watches" in w]
+    assert len(about_limit) == 1 and "1001 folders" in about_limit[0] and "1500" in about_limit[0]
+
+
 UNREADABLE_SCRIPT = textwrap.dedent(
     """
     import importlib.util, json, sys, time

@@ -66,6 +66,7 @@ HINT_EVENTS = [
     FileDeletedEvent,
 ]
 JOIN_TIMEOUT_S = 5.0
+MAX_USER_WATCHES = "/proc/sys/fs/inotify/max_user_watches"
 INOTIFY_LIMIT_HINT = (
     "raise the limits, e.g. `sudo sysctl fs.inotify.max_user_watches=524288 "
     "fs.inotify.max_user_instances=512` (persist them in /etc/sysctl.d/)"
@@ -201,6 +202,7 @@ class FolderWatcher:
         # A walk never follows a symlink, so below a root the resolved path is the root's
         # resolved path plus the relative one: one realpath per root, not one per folder.
         self._real_roots = {folder: _real(folder) for folder in self._folders}
+        self._unwalkable = {str(folder) for folder in (*self._excluded, *self._folders)}
         self._on_ready = on_ready
         self._on_rejected = on_rejected
         self._debounce_s = debounce_s
@@ -217,6 +219,7 @@ class FolderWatcher:
         self._unavailable_folders: set[Path] = set()
         self._symlinked_folders: set[Path] = set()
         self._errors: dict[Path, OSError] = {}
+        self._watch_limit_warned = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._observers: list[BaseObserver] = []
@@ -333,7 +336,10 @@ class FolderWatcher:
         """The spec of the nearest watch folder above `path` that takes it, if any."""
         if is_ignored_name(path.name):
             return None
-        folder, between = path.parent, []
+        folder = path.parent
+        if folder in self._folders:  # the common case: a file at the top of a watch folder
+            return self._spec_in(folder, 0, path.name)
+        between = []
         while folder not in self._folders:
             if is_ignored_name(folder.name) or folder in self._excluded:
                 return None
@@ -347,6 +353,10 @@ class FolderWatcher:
         return self._spec_in(folder, len(between), path.name)
 
     def _spec_in(self, root: Path, depth: int, name: str) -> WatchSpec | None:
+        if depth == 0:
+            return next(
+                (spec for spec, matcher in self._folders[root] if matcher.match(name)), None
+            )
         return next(
             (
                 spec
@@ -370,13 +380,18 @@ class FolderWatcher:
         next_rescan = self._clock()
         while not self._stopping.is_set():
             now = self._clock()
-            with self._lock:
-                if now >= next_rescan:
-                    self._rescan(now)
-                    next_rescan = now + self._rescan_interval_s
-                self._apply_hints(now)
-                batch = self._collect_due(now)
-                next_wake = min([next_rescan, *map(self._due_at, self._tracked.values())])
+            try:
+                with self._lock:
+                    if now >= next_rescan:
+                        next_rescan = now + self._rescan_interval_s
+                        self._rescan(now)
+                    self._apply_hints(now)
+                    batch = self._collect_due(now)
+                    next_wake = min([next_rescan, *map(self._due_at, self._tracked.values())])
+            except Exception:
+                # A bug or a file system surprise must not end the watching for good.
+                log.exception("folder watcher check failed; trying again at the next rescan")
+                batch, next_wake = [], next_rescan
             self._emit(batch)
             self._wake.wait(max(0.0, next_wake - self._clock()))
             self._wake.clear()
@@ -384,8 +399,8 @@ class FolderWatcher:
     def _rescan(self, now: float) -> None:
         present: set[Path] = set()
         unavailable: set[Path] = set()
-        for root in self._folders:
-            self._scan_tree(root, now, present, unavailable)
+        folders = sum(self._scan_tree(root, now, present, unavailable) for root in self._folders)
+        self._check_watch_limit(folders)
         for folder in sorted(unavailable - self._unavailable_folders):
             self._warn(f"{self._cannot_list(folder)}; retrying every rescan")
         self._unavailable_folders = unavailable
@@ -394,14 +409,17 @@ class FolderWatcher:
             if not any(folder in unavailable for folder in path.parents):
                 del self._tracked[path]
 
-    def _scan_tree(
-        self, root: Path, now: float, present: set[Path], unavailable: set[Path]
-    ) -> None:
-        """List `root` and, for a recursive spec, its subfolders down to the depth limit."""
+    def _scan_tree(self, root: Path, now: float, present: set[Path], unavailable: set[Path]) -> int:
+        """List `root` and, for a recursive spec, its subfolders down to the depth limit;
+        returns how many folders were listed."""
+        # Strings, not Paths, while walking: a tree of thousands of folders is walked at
+        # every rescan, and only the files that match become Paths.
         limit = self._depth_limit[root]
-        pending = [(root, self._real_roots[root], 0)]
+        pending = [(root, str(root), str(self._real_roots[root]), 0)]
+        listed = 0
         while pending:
-            folder, real, depth = pending.pop()
+            folder_path, folder, real, depth = pending.pop()
+            listed += 1
             try:
                 with os.scandir(folder) as listing:
                     entries = [
@@ -409,34 +427,55 @@ class FolderWatcher:
                         for entry in listing
                     ]
             except (FileNotFoundError, NotADirectoryError) as exc:
-                if folder == root:
-                    unavailable.add(folder)
-                    self._errors[folder] = exc
+                if depth == 0:
+                    unavailable.add(root)
+                    self._errors[root] = exc
                 continue  # a subfolder removed while we walked: nothing to take from it
             except OSError as exc:
-                unavailable.add(folder)
-                self._errors[folder] = exc
+                unavailable.add(folder_path)
+                self._errors[folder_path] = exc
                 continue
             for name, is_dir, is_link in entries:
-                path = folder / name
                 if is_dir:
-                    if depth < limit and self._walkable(path, real / name):
-                        pending.append((path, real / name, depth + 1))
-                elif is_link and path.is_dir():
-                    if depth < limit and path not in self._symlinked_folders:
-                        self._symlinked_folders.add(path)
-                        self._warn(f"not following {path}: a symlink to the folder {_real(path)}")
+                    if depth < limit and self._walkable(folder, real, name):
+                        pending.append((
+                            folder_path / name, os.path.join(folder, name),
+                            os.path.join(real, name), depth + 1,
+                        ))  # fmt: skip
+                elif is_link and os.path.isdir(os.path.join(folder, name)):
+                    link = folder_path / name
+                    if depth < limit and link not in self._symlinked_folders:
+                        self._symlinked_folders.add(link)
+                        self._warn(f"not following {link}: a symlink to the folder {_real(link)}")
                 elif not is_ignored_name(name) and (spec := self._spec_in(root, depth, name)):
+                    path = folder_path / name
                     present.add(path)
                     self._update(path, spec, _lstat(path), now)
+        return listed
 
-    def _walkable(self, folder: Path, real: Path) -> bool:
-        return not (
-            is_ignored_name(folder.name)
-            or folder in self._folders  # another spec's watch folder: scanned as its own root
-            or folder in self._excluded
-            or real in self._excluded
-        )
+    def _walkable(self, folder: str, real: str, name: str) -> bool:
+        if is_ignored_name(name):
+            return False
+        path = os.path.join(folder, name)
+        # Another spec's watch folder is scanned as its own root.
+        return not ({path, os.path.join(real, name)} & self._unwalkable)
+
+    def _check_watch_limit(self, folders: int) -> None:
+        """Warn once when the trees come near the inotify watch limit: watchdog skips a
+        subfolder it cannot watch without a word, and only the rescan would find its files."""
+        if self._polling or self._watch_limit_warned or folders < 1000:
+            return
+        try:
+            limit = int(Path(MAX_USER_WATCHES).read_text())
+        except (OSError, ValueError):
+            return
+        if folders > limit // 2:
+            self._watch_limit_warned = True
+            self._warn(
+                f"the watch folders hold {folders} folders, more than half of the "
+                f"{limit} inotify watches a user may have; files in folders beyond the "
+                f"limit are found only by the rescan: {INOTIFY_LIMIT_HINT}"
+            )
 
     def _cannot_list(self, folder: Path) -> str:
         error = self._errors.get(folder)
