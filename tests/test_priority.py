@@ -7,6 +7,8 @@ emulator's own record of the order it stored reports in is what the test checks.
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,3 +130,32 @@ def test_submit_refuses_a_priority_out_of_range(make_station, emulator, tmp_path
     assert result.returncode == 1
     assert "priority must be between -1000 and 1000, got 5000" in result.stderr
     assert station.call("get_queue_stats")["pending"] == 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.timeout(60)
+def test_a_low_report_waiting_for_a_high_one_in_flight_costs_no_cpu(
+    make_station, emulator, tmp_path
+):
+    emulator.set_faults(down=True)
+    station = make_station(
+        config={
+            "server": {"url": emulator.url, "token": TOKEN},
+            "upload": {"max_concurrency": 5, "probe_base_s": 0.1, "probe_cap_s": 0.3},
+        }
+    )
+    high = submit(station, tmp_path, range(1, 2), 5)
+    low = submit(station, tmp_path, range(2, 3), 0)
+    emulator.set_faults(down=False, latency_ms=2000)  # the high one stays in flight for 2 s
+    wait_until(lambda: station.call("get_queue_stats")["processing"] == 1, 10, "the upload")
+    pid = station.call("get_status")["pid"]
+    before, started = cpu_seconds(pid), time.monotonic()
+    wait_until(lambda: emulator.received_ids(), 10, "the high report on the server")
+    spent, held = cpu_seconds(pid) - before, time.monotonic() - started
+    assert_delivered_high_first(emulator, high, low)
+    assert held > 1.0, "the test must watch a real wait"
+    assert spent < 0.25 * held, f"the supervisor used {spent:.2f} s of CPU in {held:.2f} s"
