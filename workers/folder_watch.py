@@ -10,9 +10,10 @@ the tree itself and is what decides: it never enters an excluded folder (the con
 and Error folders, wherever they are), another spec's watch folder, a hidden folder or a
 symlinked one, and it reports a folder it cannot list once (again only after it recovered).
 The events come from one recursive inotify watch on the root (watchdog adds a watch per
-subfolder as folders appear or move in), filtered by the same rules. Polling observes the root
-only: a recursive poll would list the whole tree, Done included, every second; the rescan
-finds files in subfolders instead.
+subfolder as folders appear or move in), filtered by the same rules. A folder moved out of the
+tree may keep its watch and send events under its old path: a stat finds nothing there, so
+they cost nothing. Polling observes the root only: a recursive poll would list the whole tree,
+Done included, every second; the rescan finds files in subfolders instead.
 """
 
 from __future__ import annotations
