@@ -405,6 +405,7 @@ class FolderWatcher:
         for folder in sorted(unavailable - self._unavailable_folders):
             self._warn(f"{self._cannot_list(folder)}; retrying every rescan")
         self._unavailable_folders = unavailable
+        self._errors = {folder: self._errors[folder] for folder in unavailable}
         for path in self._tracked.keys() - present:
             # An unlistable folder tells us nothing about its files: keep them.
             if not any(folder in unavailable for folder in path.parents):
