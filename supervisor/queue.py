@@ -11,10 +11,11 @@ release, start-up recovery) or ``-> failed``; ``failed -> pending`` when a perso
 ``attempts`` counts uploads that were answered badly (``retry_later(count_attempt=True)`` and
 ``fail``); ``release`` and ``recover`` count none, as the report was not at fault.
 
-Claim order: higher ``priority`` first, oldest (``seq``) first within a priority; and no report
-is claimed while one of a higher priority is being uploaded, so a lower priority never overtakes
-a higher one on the wire (the cost: at most one round trip of lost concurrency per priority
-step of a backlog).
+Claim order: higher ``priority`` first, oldest (``seq``) first within a priority. One claim
+holds one priority, and nothing is claimed while a report of a higher priority is being
+uploaded, so a lower priority never overtakes a higher one on the wire (the cost: at most one
+round trip of lost concurrency per priority step of a backlog). A report backing off does not
+hold lower priorities back.
 
 Schema versions (``PRAGMA user_version``): 1 is the pyWATS client's ``reports`` table, migrated
 on open; 2 is ours (``SCHEMA_V2``); 3 adds report priority (``SCHEMA_V3``), migrated in place.
