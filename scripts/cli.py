@@ -122,6 +122,12 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{queue.get(k, 0)} {k}" for k in ("pending", "processing", "completed", "failed")
         )
     )
+    by_priority = status.get("pending_by_priority") or []
+    if any(row["priority"] != 0 for row in by_priority):
+        print(
+            "           pending by priority: "
+            + ", ".join(f"{row['pending']} at {row['priority']}" for row in by_priority)
+        )
     files = status["files"]
     print(
         f"files      {files['converted']} converted, {files['failed']} failed, "
@@ -407,12 +413,13 @@ def _print_queue(args: argparse.Namespace, result: Any) -> int:
         for state in ("pending", "processing", "completed", "failed"):
             print(f"{state:<11} {result.get(state, 0)}")
     elif args.action == "list":
-        rows = [("ID", "STATE", "ATTEMPTS", "HTTP", "LAST ERROR")]
+        rows = [("ID", "STATE", "PRIORITY", "ATTEMPTS", "HTTP", "LAST ERROR")]
         for r in result:
             error = (r["last_error"] or "").splitlines()[0][:60] if r["last_error"] else ""
-            rows.append(
-                (r["id"], r["state"], str(r["attempts"]), str(r["last_http_status"] or ""), error)
-            )
+            rows.append((
+                r["id"], r["state"], str(r.get("priority", 0)), str(r["attempts"]),
+                str(r["last_http_status"] or ""), error,
+            ))  # fmt: skip
         print_table(rows)
     else:
         print(json.dumps(result))
@@ -435,8 +442,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CliError(f"{path}: JSON nested too deeply to be a report") from None
     reports = report if isinstance(report, list) else [report]
     for item in reports:
-        result = _call(args, "submit_report", report=item)
-        print(f"queued {result['id']}")
+        result = _call(args, "submit_report", report=item, priority=args.priority)
+        print(f"queued {result['id']}" + (f" at priority {args.priority}" if args.priority else ""))
     return 0
 
 
@@ -672,6 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("submit", cmd_submit, "queue a WSJF report file through the running station")
     p.add_argument("file")
+    p.add_argument(
+        "--priority", type=int, default=0, help="higher uploads first in a backlog (default 0)"
+    )
     p = add("convert", cmd_convert, "convert one file in a worker process and print the WSJF")
     p.add_argument("file")
     p.add_argument("--converter", help="converter name (default: picked by the file's content)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -30,6 +31,7 @@ MASK = "********"
 STANDARD_CONVERTERS = ("wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf")
 CONVERTER_KINDS = ("python", "process", "native")
 POST_ACTIONS = ("move", "delete", "archive", "keep")
+PRIORITY_RANGE = (-1000, 1000)  # report priority: higher uploads first; 0 is the default
 
 
 class ConfigError(ValueError):
@@ -171,6 +173,11 @@ class ConverterSettings:
     done_folder: str = key("", help="where converted files go; default <watch>/Done")
     error_folder: str = key("", help="where failed files go; default <watch>/Error")
     file_patterns: list[str] = key(lambda: ["*"], help="file name patterns")
+    recursive: bool = key(False, help="also take files in subfolders (never Done/Error)")
+    max_depth: int | None = key(
+        None, between(1, 1000), "recursive: subfolder levels taken (1 = one level); none = all"
+    )
+    priority: int = key(0, between(*PRIORITY_RANGE), "higher uploads first when a backlog builds")
     post_action: str = key("move", one_of(*POST_ACTIONS), "what happens to a converted file")
     enabled: bool = key(True, help="watch this converter's folder")
     arguments: dict[str, Any] = key(dict, help="passed to the converter")
@@ -237,6 +244,12 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = (option for option in options if option is not type(None))
+        return _convert(value, inner, where)
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         return _parse_section(tp, value, where)
     if origin is list:
@@ -273,7 +286,7 @@ def _parse_section(cls: type, data: Any, where: str) -> Any:
             continue
         value = _convert(data[name], hints[name], path)
         check = spec.metadata.get("check")
-        problem = check(value) if check else None
+        problem = check(value) if check and value is not None else None
         if problem:
             raise ConfigError(f"{path}: {problem}")
         values[name] = value
@@ -294,6 +307,8 @@ def parse_config(data: Any, paths: InstancePaths, env: Mapping[str, str] | None 
             raise ConfigError(f"{where}.name: must be a unique, non-empty name, got {conv.name!r}")
         seen.add(conv.name)
         _check_converter_kind(conv, where)
+        if conv.max_depth is not None and not conv.recursive:
+            raise ConfigError(f"{where}.max_depth: only applies with 'recursive': true")
         watch = Path(conv.watch_folder or paths.data_dir / "drop" / conv.name)
         resolved.append(
             replace(

@@ -21,7 +21,7 @@ from wats_station.converters.wsjf import InvalidReport, report_json, validate_re
 from wats_station.ipc.protocol import ErrorCode, JobKind, Message, reply_error, reply_ok
 from wats_station.ipc.states import PauseTarget, ReportState
 from wats_station.supervisor import files, trail
-from wats_station.supervisor.config import ConfigError, config_to_dict
+from wats_station.supervisor.config import PRIORITY_RANGE, ConfigError, config_to_dict
 from wats_station.supervisor.conversions import note_replacement
 from wats_station.supervisor.queue import QueueError, QueueWriteError
 
@@ -254,6 +254,7 @@ def _report_summary(report: Any, *, with_payload: bool = False) -> dict[str, Any
         "last_http_status": report.last_http_status,
         "created_at": report.created_at,
         "updated_at": report.updated_at,
+        "priority": report.priority,
     }
     if with_payload:
         summary["report"] = json.loads(report.payload)
@@ -332,9 +333,17 @@ def clean_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
     "under the id of a queued or completed one is refused (conflict) unless replace=true.",
     report=((dict, str, bytes), True),
     replace=OPT_BOOL,
+    priority=OPT_INT,
 )
 def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     report = args["report"]
+    priority = args.get("priority") or 0
+    low, high = PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"submit_report: priority must be between {low} and {high}, got {priority}",
+        )
     if isinstance(report, (str, bytes)):
         try:
             report = json.loads(report)
@@ -367,14 +376,14 @@ def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
             )
         note_replacement(station, report_id, stored[0], "submit_report")
     try:
-        station.queue.enqueue([(report_id, payload)])
+        station.queue.enqueue([(report_id, payload)], priority=priority)
     except QueueWriteError as error:
         if guard is not None:
             guard.note(error)
         raise CommandError(ErrorCode.UNAVAILABLE, f"report not queued: {error}") from None
     station.uploads.wake()
     station.publish("report.queued", {"id": report_id, "source": "submit_report"})
-    return {"id": report_id, "state": str(ReportState.PENDING)}
+    return {"id": report_id, "state": str(ReportState.PENDING), "priority": priority}
 
 
 @command("list_converters", "Every configured converter with its folders and file counts.")

@@ -13,6 +13,10 @@
 While the queue guard refuses new work (low disk, a failed write, a lost queue file), a ready
 file is only remembered (``deferred``) and stays where it is; a file whose record or commit
 fails is remembered the same way, its in-flight mark cleared. ``resume`` takes them again.
+
+A file from a subfolder of the watch folder (a recursive converter) keeps its relative path:
+``drop/lineA/x.json`` goes to ``Done/lineA/x.json``, ``Error/lineA/x.json`` (its reason beside
+it) or ``lineA/x.json`` in the archive.
 """
 
 from __future__ import annotations
@@ -77,6 +81,16 @@ def free_name(folder: Path, name: str) -> Path:
         candidate = folder / f"{stem} ({counter}){dot}{suffix}"
         counter += 1
     return candidate
+
+
+def relative_folder(path: str | Path, conv: ConverterSettings) -> Path:
+    """The subfolder of the converter's watch folder that holds `path` ('.' at the top, and for
+    a file that is not under the watch folder at all)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    relative = os.path.relpath(folder, os.path.abspath(conv.watch_folder))
+    if relative == os.curdir or relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return Path(os.curdir)
+    return Path(relative)
 
 
 class Conversions:
@@ -243,7 +257,12 @@ class Conversions:
         # stored one (as WATS itself would), but never silently.
         stored = self.queue.stored_payloads([report_id for report_id, _ in rows])
         try:
-            self.queue.commit_conversion(source_id, rows, body["data"].get("converter_version", ""))
+            self.queue.commit_conversion(
+                source_id,
+                rows,
+                body["data"].get("converter_version", ""),
+                priority=conv.priority,
+            )
         except QueueWriteError as error:
             # Nothing was committed: the file stays recorded and is converted again later.
             log.warning("could not commit the reports of %s: %s", path, error)
@@ -303,7 +322,7 @@ class Conversions:
     def _to_error_folder(
         self, path: str, conv: ConverterSettings, details: dict[str, Any]
     ) -> str | None:
-        folder = Path(conv.error_folder)
+        folder = Path(conv.error_folder) / relative_folder(path, conv)
         folder.mkdir(parents=True, exist_ok=True)
         source = Path(path)
         target = free_name(folder, source.name)
@@ -402,6 +421,9 @@ def describe_converters(converters: list[ConverterSettings]) -> list[dict[str, A
             "error_folder": conv.error_folder,
             "file_patterns": conv.file_patterns,
             "post_action": conv.post_action,
+            "recursive": conv.recursive,
+            "max_depth": conv.max_depth,
+            "priority": conv.priority,
             "waiting": 0,
             "errors": count_files(conv.error_folder, exclude_suffix=SIDECAR_SUFFIX),
         }
@@ -410,14 +432,13 @@ def describe_converters(converters: list[ConverterSettings]) -> list[dict[str, A
 
 
 def count_files(folder: str, exclude_suffix: str = "") -> int:
-    try:
-        return sum(
-            1
-            for e in os.scandir(folder)
-            if e.is_file() and not e.name.endswith(exclude_suffix or "\0")
-        )
-    except OSError:
-        return 0
+    """Files in `folder` and its subfolders (where a recursive converter's files land)."""
+    return sum(
+        1
+        for _, _, names in os.walk(folder)
+        for name in names
+        if not name.endswith(exclude_suffix or "\0")
+    )
 
 
 def post_action(source: Path, conv: ConverterSettings) -> str | None:
@@ -430,10 +451,13 @@ def post_action(source: Path, conv: ConverterSettings) -> str | None:
         source.unlink()
         fsync_dir(source.parent)
         return None
+    relative = relative_folder(source, conv)
     done = Path(conv.done_folder)
-    done.mkdir(parents=True, exist_ok=True)
     if conv.post_action == "archive":
-        return archive(source, done)
+        done.mkdir(parents=True, exist_ok=True)
+        return archive(source, done, relative)
+    done = done / relative
+    done.mkdir(parents=True, exist_ok=True)
     target = free_name(done, source.name)
     try:
         os.rename(source, target)
@@ -443,14 +467,16 @@ def post_action(source: Path, conv: ConverterSettings) -> str | None:
     return str(target)
 
 
-def archive(source: Path, done: Path) -> str:
-    """Append the file to ``Done/YYYY-MM.zip`` and delete it once the archive is on disk."""
+def archive(source: Path, done: Path, relative: Path = Path(os.curdir)) -> str:
+    """Append the file to ``Done/YYYY-MM.zip`` (under its relative folder) and delete it once
+    the archive is on disk."""
     zip_path = done / f"{time.strftime('%Y-%m')}.zip"
+    folder = "" if relative == Path(os.curdir) else relative.as_posix() + "/"
     with zipfile.ZipFile(zip_path, "a", compression=zipfile.ZIP_DEFLATED) as archive_file:
         names = set(archive_file.namelist())
-        name, counter = source.name, 2
+        name, counter = folder + source.name, 2
         while name in names:
-            name = f"{source.stem} ({counter}){source.suffix}"
+            name = f"{folder}{source.stem} ({counter}){source.suffix}"
             counter += 1
         archive_file.write(source, arcname=name)
     with open(zip_path, "rb") as handle:

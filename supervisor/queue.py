@@ -11,9 +11,16 @@ release, start-up recovery) or ``-> failed``; ``failed -> pending`` when a perso
 ``attempts`` counts uploads that were answered badly (``retry_later(count_attempt=True)`` and
 ``fail``); ``release`` and ``recover`` count none, as the report was not at fault.
 
+Claim order: higher ``priority`` first, oldest (``seq``) first within a priority. One claim
+holds one priority, and nothing is claimed while a report of a higher priority is being
+uploaded, so a lower priority never overtakes a higher one on the wire (the cost: at most one
+round trip of lost concurrency per priority step of a backlog). A report backing off does not
+hold lower priorities back.
+
 Schema versions (``PRAGMA user_version``): 1 is the pyWATS client's ``reports`` table, migrated
 on open; 2 is ours (``SCHEMA_V2``); 3 adds a CRC-32 of every stored payload (``SCHEMA_V3``), so a
-damaged payload is detected and its report failed with the reason, never guessed at.
+damaged payload is detected and its report failed with the reason, never guessed at; 4 adds
+report priority (``SCHEMA_V4``). Each older version is migrated in place, one step at a time.
 
 The queue guards its own file: a fresh queue is created only where there was no file (built
 beside it and linked into place, so a crash never leaves a half-made one), an existing file is
@@ -126,7 +133,33 @@ SCHEMA_V3 = (
     "ALTER TABLE report ADD COLUMN payload_crc32 INTEGER",
     "ALTER TABLE report ADD COLUMN waiting_crc32 INTEGER",
 )
+# Version 4: report priority. ADD COLUMN with a constant default rewrites no row; the claim
+# index serves the claim order, and a counter table kept by triggers says how many reports wait
+# at each priority without scanning them.
+SCHEMA_V4 = (
+    "ALTER TABLE report ADD COLUMN priority INTEGER NOT NULL DEFAULT 0",
+    # Covering (next_attempt_at too): the claim reads its window from the index alone, even
+    # when the reports of one priority are scattered over the whole table.
+    "CREATE INDEX report_claim ON report (state, priority DESC, seq, next_attempt_at)",
+    "CREATE TABLE pending_by_priority (priority INTEGER PRIMARY KEY, n INTEGER NOT NULL) "
+    "WITHOUT ROWID",
+    """INSERT INTO pending_by_priority SELECT priority, COUNT(*) FROM report
+        WHERE state = 'pending' GROUP BY priority""",
+    """CREATE TRIGGER report_priority_in AFTER INSERT ON report WHEN NEW.state = 'pending' BEGIN
+        INSERT INTO pending_by_priority VALUES (NEW.priority, 1)
+        ON CONFLICT (priority) DO UPDATE SET n = n + 1; END""",
+    """CREATE TRIGGER report_priority_out AFTER DELETE ON report WHEN OLD.state = 'pending' BEGIN
+        UPDATE pending_by_priority SET n = n - 1 WHERE priority = OLD.priority; END""",
+    """CREATE TRIGGER report_priority_moved AFTER UPDATE OF state, priority ON report
+        WHEN (OLD.state = 'pending') <> (NEW.state = 'pending')
+            OR (NEW.state = 'pending' AND OLD.priority <> NEW.priority) BEGIN
+        UPDATE pending_by_priority SET n = n - 1
+            WHERE OLD.state = 'pending' AND priority = OLD.priority;
+        INSERT INTO pending_by_priority SELECT NEW.priority, 1 WHERE NEW.state = 'pending'
+            ON CONFLICT (priority) DO UPDATE SET n = n + 1; END""",
+)
 V2_TABLES = frozenset({"report", "source_file", "report_count", "source_count"})
+V4_TABLES = V2_TABLES | {"pending_by_priority"}
 V1_COLUMNS = frozenset(
     {"id", "report_data", "status", "created_at", "updated_at", "attempts", "error"}
 )
@@ -134,7 +167,7 @@ V1_COLUMNS = frozenset(
 # payload_crc32 comes last: _report() checks the payload against it and drops it.
 REPORT_COLUMNS = (
     "id, payload, state, attempts, next_attempt_at, last_error, last_http_status, "
-    "created_at, updated_at, source_id, payload_crc32"
+    "created_at, updated_at, source_id, priority, payload_crc32"
 )
 SOURCE_COLUMNS = (
     "id, path, size, mtime_ns, sha256, converter, state, crashes, last_error, final_path"
@@ -144,9 +177,10 @@ SOURCE_COLUMNS = (
 # then the new payload waits beside the old one until the upload's answer is recorded.
 UPSERT_REPORT = """INSERT INTO report
     (id, payload, payload_crc32, state, attempts, next_attempt_at, created_at, updated_at,
-     source_id)
-    VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?)
+     source_id, priority)
+    VALUES (?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO UPDATE SET
+        priority = excluded.priority,
         waiting_payload = IIF(state = 'processing', excluded.payload, NULL),
         waiting_crc32 = IIF(state = 'processing', excluded.payload_crc32, NULL),
         payload = IIF(state = 'processing', payload, excluded.payload),
@@ -243,6 +277,7 @@ class QueuedReport:
     created_at: float
     updated_at: float
     source_id: int | None
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -284,7 +319,7 @@ def _source(row: Sequence[Any]) -> SourceRecord:
 
 
 class ReportQueue:
-    SCHEMA_VERSION = 3
+    SCHEMA_VERSION = 4
 
     def __init__(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
         """Open the queue file, creating it where there is none or migrating an older one;
@@ -311,6 +346,9 @@ class ReportQueue:
                 self._migrate_v1()
             elif layout == "v2":
                 self._migrate_v2()
+                self._migrate_v3()
+            elif layout == "v3":
+                self._migrate_v3()
             trail.ensure_schema(self)
         except (peewee.PeeweeException, sqlite3.Error) as error:
             self.close()
@@ -422,6 +460,13 @@ class ReportQueue:
                 "UPDATE report SET payload_crc32 = crc32(payload), "
                 "waiting_crc32 = crc32(waiting_payload)"
             )
+            self._sql("PRAGMA user_version = 3")
+
+    def _migrate_v3(self) -> None:
+        """Add report priority; every report the queue holds gets priority 0."""
+        with self._write():
+            for statement in SCHEMA_V4:
+                self._sql(statement)
             self._sql(f"PRAGMA user_version = {self.SCHEMA_VERSION}")
 
     def _migrate_v1(self) -> None:
@@ -432,7 +477,7 @@ class ReportQueue:
             "last_error, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )
         with self._write():
-            for statement in SCHEMA_V2 + SCHEMA_V3:
+            for statement in (*SCHEMA_V2, *SCHEMA_V3, *SCHEMA_V4):
                 self._sql(statement)
             old = self._sql(
                 "SELECT id, report_data, status, created_at, updated_at, attempts, error "
@@ -446,21 +491,23 @@ class ReportQueue:
 
     # -- reports -----------------------------------------------------------------------
 
-    def enqueue(self, reports: Sequence[tuple[str, bytes]]) -> None:
+    def enqueue(self, reports: Sequence[tuple[str, bytes]], *, priority: int = 0) -> None:
         """Store (id, JSON bytes) reports as pending in one durable transaction (UPSERT_REPORT)."""
         rows = _report_rows(reports)
         with self._write():
-            self._upsert(rows, None)
+            self._upsert(rows, None, priority)
 
-    def _upsert(self, rows: list[tuple[str, bytes]], source_id: int | None) -> None:
+    def _upsert(self, rows: list[tuple[str, bytes]], source_id: int | None, priority: int) -> None:
         now = self._now()
-        values = [(id_, blob, zlib.crc32(blob), now, now, now, source_id) for id_, blob in rows]
+        values = [
+            (id_, blob, zlib.crc32(blob), now, now, now, source_id, priority) for id_, blob in rows
+        ]
         self._db.connection().executemany(UPSERT_REPORT, values)
 
     def claim_due(
         self, limit: int, on_damaged: Callable[[str, str], None] | None = None
     ) -> list[QueuedReport]:
-        """Mark up to `limit` due pending reports processing, oldest first, and return them.
+        """Mark up to `limit` due pending reports processing, in claim order, and return them.
 
         A report whose payload is damaged is failed in the same transaction, with the reason,
         and told to `on_damaged(id, reason)` after the commit; the others go on.
@@ -479,7 +526,8 @@ class ReportQueue:
                 f"RETURNING seq, {REPORT_COLUMNS}",
                 (now, *seqs),
             ).fetchall()
-            for row in sorted(rows):
+            order = {seq: index for index, seq in enumerate(seqs)}
+            for row in sorted(rows, key=lambda row: order[row[0]]):
                 try:
                     claimed.append(_report(row[1:]))
                 except DamagedPayload as error:
@@ -496,23 +544,43 @@ class ReportQueue:
         return claimed
 
     def _due_seqs(self, now: float, limit: int) -> list[int]:
+        floor = self._in_flight_priority()
+        # The due rows among the first `window` in claim order, filtered inside SQLite.
         window = max(FIFO_WINDOW, 4 * limit)
-        head = self._sql(
-            "SELECT seq, next_attempt_at FROM report INDEXED BY report_state "
-            "WHERE state = 'pending' ORDER BY seq LIMIT ?",
-            (window,),
+        due = self._sql(
+            "SELECT seq, priority FROM (SELECT seq, priority, next_attempt_at "
+            "FROM report INDEXED BY report_claim WHERE state = 'pending' AND priority >= ? "
+            "ORDER BY priority DESC, seq LIMIT ?) "
+            "WHERE next_attempt_at <= ? ORDER BY priority DESC, seq LIMIT ?",
+            (floor, window, now, limit),
         ).fetchall()
-        due = [seq for seq, due_at in head if due_at <= now][:limit]
-        if len(due) == limit or len(head) < window:
-            return due
-        # The oldest reports are backing off (the server was away), so look the due ones up by
-        # due time; that reads every due row, and they are few while most are backing off.
+        if due:
+            return _one_priority(due, limit)
+        # The first reports in claim order are backing off (the server was away), or none is
+        # due: look the due ones up by due time; that reads every due row, and they are few
+        # while most are backing off.
         rows = self._sql(
-            "SELECT seq FROM report INDEXED BY report_due "
-            "WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY seq LIMIT ?",
-            (now, limit),
+            "SELECT seq, priority FROM report INDEXED BY report_due "
+            "WHERE state = 'pending' AND next_attempt_at <= ? AND priority >= ? "
+            "ORDER BY priority DESC, seq LIMIT ?",
+            (now, floor, limit),
         ).fetchall()
-        return [seq for (seq,) in rows]
+        return _one_priority(rows, limit)
+
+    def _in_flight_priority(self) -> int:
+        """The highest priority being uploaded: nothing below it may be claimed meanwhile."""
+        row = self._sql(
+            "SELECT priority FROM report INDEXED BY report_claim WHERE state = 'processing' "
+            "ORDER BY priority DESC LIMIT 1"
+        ).fetchone()
+        return row[0] if row else -(2**63)
+
+    def pending_by_priority(self) -> dict[int, int]:
+        """How many reports wait at each priority, highest first (kept by triggers: O(1))."""
+        rows = self._sql(
+            "SELECT priority, n FROM pending_by_priority WHERE n > 0 ORDER BY priority DESC"
+        )
+        return dict(rows.fetchall())
 
     def next_due_at(self) -> float | None:
         """When the earliest pending report is due (it may be in the past), or None."""
@@ -717,7 +785,12 @@ class ReportQueue:
         return _source(row)
 
     def commit_conversion(
-        self, source_id: int, reports: Sequence[tuple[str, bytes]], converter_version: str = ""
+        self,
+        source_id: int,
+        reports: Sequence[tuple[str, bytes]],
+        converter_version: str = "",
+        *,
+        priority: int = 0,
     ) -> None:
         """Queue a file's reports and mark it converted in ONE transaction: both or neither."""
         rows = _report_rows(reports)
@@ -726,7 +799,7 @@ class ReportQueue:
             now = self._now()
             detail = f"{len(rows)} report(s); converter version {converter_version or 'unknown'}"
             self._sql(trail.INSERT, (now, source_id, None, "converted", None, detail))
-            self._upsert(rows, source_id)
+            self._upsert(rows, source_id, priority)
             self._sql(
                 "UPDATE source_file SET state = 'converted', report_count = ?, last_error = NULL, "
                 "updated_at = ? WHERE id = ?",
@@ -784,6 +857,15 @@ class ReportQueue:
     def source_stats(self) -> dict[str, int]:
         counts = dict(self._sql("SELECT state, n FROM source_count").fetchall())
         return {str(state): counts.get(state, 0) for state in SourceState}
+
+
+def _one_priority(due: Sequence[tuple[int, int]], limit: int) -> list[int]:
+    """The first `limit` (seq, priority) rows that share the first row's priority: one claim is
+    uploaded concurrently, so mixing priorities in it would let a lower one arrive first."""
+    if not due:
+        return []
+    top = due[0][1]
+    return [seq for seq, priority in due[:limit] if priority == top]
 
 
 def _report_rows(reports: Sequence[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
@@ -922,7 +1004,9 @@ def _layout(path: Path, version: int, tables: set[str], v1_columns: set[str]) ->
         )
     if version in (0, 1) and tables == {"reports"} and v1_columns >= V1_COLUMNS:
         return "v1"
-    if version in (2, ReportQueue.SCHEMA_VERSION) and tables >= V2_TABLES:
+    if version in (2, 3) and tables >= V2_TABLES:
+        return f"v{version}"
+    if version == ReportQueue.SCHEMA_VERSION and tables >= V4_TABLES:
         return f"v{version}"
     raise QueueError(
         f"{path} is not a wats-station queue (schema version {version}, tables: "
@@ -944,7 +1028,7 @@ def _create_file(path: Path) -> None:
         try:
             db.execute("PRAGMA journal_mode = wal")
             db.execute("BEGIN IMMEDIATE")
-            for statement in SCHEMA_V2 + SCHEMA_V3:
+            for statement in (*SCHEMA_V2, *SCHEMA_V3, *SCHEMA_V4):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {ReportQueue.SCHEMA_VERSION}")
             db.execute("COMMIT")

@@ -654,6 +654,10 @@ class Station:
             },
             "queue": self.queue.stats() if self.queue else {},
             "alarms": self.guard.status(),
+            "pending_by_priority": [
+                {"priority": priority, "pending": n}
+                for priority, n in (self.queue.pending_by_priority() if self.queue else {}).items()
+            ],
             "files": self.conversions.stats(),
             "paused": self.pause.as_dict(),
             "health": self.health.evaluate(now),

@@ -116,8 +116,11 @@ class Uploads:
 
     def _dispatch(self, now: float) -> None:
         queue = self.station.queue
+        held_back = False
         for worker in self.station.idle_workers("uploader"):
-            claimed = queue.claim_due(worker.idle_slots, self._damaged)
+            slots = worker.idle_slots
+            claimed = queue.claim_due(slots, self._damaged)
+            held_back = held_back or len(claimed) < slots
             for report in claimed:
                 data = {
                     "report_id": report.id,
@@ -128,8 +131,13 @@ class Uploads:
                     queue.release([report.id])
         # Sleep until the next retry is due. New reports wake us at once; looking again at
         # least every second also covers rows changed behind our back (queue retry, say).
+        # A report that is due but was not claimed waits for a higher priority in flight: the
+        # answer to that upload wakes us, so do not spin meanwhile.
         due_at = queue.next_due_at()
-        wait = RECHECK_S if due_at is None else min(RECHECK_S, max(0.0, due_at - time.time()))
+        if due_at is None or (held_back and due_at <= time.time()):
+            wait = RECHECK_S
+        else:
+            wait = min(RECHECK_S, max(0.0, due_at - time.time()))
         self._next_check = now + wait
 
     def _damaged(self, report_id: str, reason: str) -> None:

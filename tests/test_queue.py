@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pytest
 from wats_station.ipc.states import ReportState, SourceState
 from wats_station.supervisor.queue import (
     FIFO_WINDOW,
+    SCHEMA_V2,
     QueueError,
     QueueLost,
     QueueWriteError,
@@ -51,6 +53,16 @@ def count_rows_total(path: Path) -> int:
         total = db.execute("SELECT COUNT(*) FROM report").fetchone()[0]
     db.close()
     return total
+
+
+def count_pending_by_priority(path: Path) -> dict[int, int]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT priority, COUNT(*) FROM report WHERE state = 'pending' "
+            "GROUP BY priority ORDER BY priority DESC"
+        ).fetchall()
+    db.close()
+    return dict(rows)
 
 
 def count_rows(path: Path) -> dict[str, int]:
@@ -131,6 +143,124 @@ def test_due_reports_behind_many_backing_off_ones_are_found_in_fifo_order(
     assert [r.id for r in queue.claim_due(5)] == [due[2][0]]
     clock.t += 600
     assert [r.id for r in queue.claim_due(3)] == [r[0] for r in backing_off[:3]]
+
+
+# -- priority ---------------------------------------------------------------------------
+
+
+def test_claims_higher_priority_first_and_oldest_first_within_a_priority(
+    queue: ReportQueue,
+) -> None:
+    low = [report(n) for n in range(3)]
+    high = [report(n) for n in range(3, 5)]
+    top = report(9)
+    queue.enqueue(low[:2])
+    queue.enqueue(high[:1], priority=5)
+    queue.enqueue(low[2:])
+    queue.enqueue([top], priority=9)
+    queue.enqueue(high[1:], priority=5)
+
+    claimed = []
+    while batch := queue.claim_due(1):
+        claimed += batch
+        queue.complete(batch[0].id, 200)
+
+    assert [r.id for r in claimed] == [top[0], *(r[0] for r in high), *(r[0] for r in low)]
+    assert [r.priority for r in claimed] == [9, 5, 5, 0, 0, 0]
+
+
+def test_nothing_lower_is_claimed_while_a_higher_priority_upload_is_in_flight(
+    queue: ReportQueue,
+) -> None:
+    high = [report(n) for n in range(2)]
+    low = [report(n) for n in range(2, 5)]
+    queue.enqueue(high, priority=1)
+    queue.enqueue(low)
+
+    assert [r.id for r in queue.claim_due(5)] == [r[0] for r in high]
+    assert queue.claim_due(5) == []  # free slots, but a low report could overtake a high one
+    queue.complete(high[0][0], 200)
+    assert queue.claim_due(5) == []
+    queue.release([high[1][0]])
+    assert [r.id for r in queue.claim_due(1)] == [high[1][0]]
+    queue.fail(high[1][0], error="bad", http_status=400)
+    assert [r.id for r in queue.claim_due(5)] == [r[0] for r in low]
+
+
+def test_a_high_priority_report_backing_off_does_not_hold_the_others_back(
+    queue: ReportQueue, clock: Clock
+) -> None:
+    high, low = report(1), report(2)
+    queue.enqueue([high], priority=3)
+    queue.enqueue([low])
+    queue.claim_due(1)
+    queue.retry_later(high[0], delay_s=60, error="HTTP 503", http_status=503, count_attempt=True)
+
+    assert [r.id for r in queue.claim_due(5)] == [low[0]]
+    clock.t += 60
+    assert [r.id for r in queue.claim_due(5)] == [high[0]]
+
+
+def test_due_reports_of_every_priority_behind_a_window_of_backing_off_ones_keep_the_order(
+    queue: ReportQueue, clock: Clock
+) -> None:
+    backing_off = [report(n) for n in range(FIFO_WINDOW + 10)]
+    queue.enqueue(backing_off, priority=7)
+    for r in queue.claim_due(len(backing_off)):
+        queue.retry_later(r.id, delay_s=600, error="offline", http_status=None, count_attempt=False)
+    low, mid = report(1), report(2)
+    queue.enqueue([low])
+    queue.enqueue([mid], priority=2)
+
+    assert [r.id for r in queue.claim_due(5)] == [mid[0]]
+    queue.complete(mid[0], 200)
+    assert [r.id for r in queue.claim_due(5)] == [low[0]]
+
+
+def test_an_overwrite_takes_the_new_priority_and_the_counts_follow(queue: ReportQueue) -> None:
+    first, second = report(1), report(2)
+    queue.enqueue([first, second])
+    assert queue.pending_by_priority() == {0: 2}
+    queue.enqueue([(second[0], b'{"again": 1}')], priority=4)
+
+    assert queue.pending_by_priority() == {4: 1, 0: 1}
+    assert [(r.id, r.priority) for r in queue.list()] == [(first[0], 0), (second[0], 4)]
+    assert [r.id for r in queue.claim_due(1)] == [second[0]]
+    assert queue.pending_by_priority() == {0: 1}
+
+
+def test_a_version_2_queue_is_migrated_with_every_report_at_priority_0(
+    db_path: Path, clock: Clock
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    with sqlite3.connect(db_path) as old:
+        for statement in SCHEMA_V2:
+            old.execute(statement)
+        old.executemany(
+            "INSERT INTO report (id, payload, state, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, 0, 0, 0)",
+            [(i, b"x\x9c\xab\xae\x05\x00\x01u\x00\xf9", s) for i, s in
+             zip(ids, ("pending", "failed", "pending"), strict=True)],
+        )  # fmt: skip
+        old.execute("PRAGMA user_version = 2")
+    old.close()
+
+    q = ReportQueue(db_path, now=clock)
+    try:
+        assert q.pending_by_priority() == {0: 2}
+        q.enqueue([report(1)], priority=1)
+        claimed = q.claim_due(5)
+        assert [(r.priority, r.payload) for r in claimed] == [(1, claimed[0].payload)]
+        q.complete(claimed[0].id, 200)
+        assert [(r.id, r.priority, r.payload) for r in q.claim_due(5)] == [
+            (ids[0], 0, b"{}"),
+            (ids[2], 0, b"{}"),
+        ]
+    finally:
+        q.close()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == ReportQueue.SCHEMA_VERSION
+    db.close()
 
 
 def test_complete_fail_and_release_record_the_outcome(queue: ReportQueue) -> None:
@@ -337,9 +467,9 @@ def test_stats_agree_with_counting_the_rows_after_random_operations(
         if op == 0 or not ids:
             batch = [report() for _ in range(rng.randint(1, 5))]
             ids += [i for i, _ in batch]
-            queue.enqueue(batch)
+            queue.enqueue(batch, priority=rng.choice((0, 0, 5, -1)))
         elif op == 1:
-            queue.enqueue([(rng.choice(ids), b'{"again": true}')])
+            queue.enqueue([(rng.choice(ids), b'{"again": true}')], priority=rng.choice((0, 5)))
         elif op == 2:
             queue.claim_due(rng.randint(1, 4))
         elif op == 3 and processing:
@@ -361,8 +491,10 @@ def test_stats_agree_with_counting_the_rows_after_random_operations(
             rng.choice([queue.recover, lambda: queue.retry(failed=True), lambda: queue.clean()])()
         if step % 25 == 0:
             assert queue.stats() == count_rows(db_path), f"after step {step}"
+            assert queue.pending_by_priority() == count_pending_by_priority(db_path)
             seen |= {state for state, n in queue.stats().items() if n}
     assert queue.stats() == count_rows(db_path)
+    assert queue.pending_by_priority() == count_pending_by_priority(db_path)
     assert seen == set(ReportState), "the walk should visit every state"
 
 
@@ -579,9 +711,12 @@ def assert_refused_untouched(path: Path, match: str) -> None:
 def test_a_queue_from_a_newer_wats_station_is_refused_untouched(db_path: Path) -> None:
     make_queue_file(db_path)
     with sqlite3.connect(db_path) as db:
-        db.execute("PRAGMA user_version = 4")
+        db.execute(f"PRAGMA user_version = {ReportQueue.SCHEMA_VERSION + 1}")
     db.close()
-    assert_refused_untouched(db_path, r"schema version 4, newer than this wats-station knows \(3\)")
+    newer, known = ReportQueue.SCHEMA_VERSION + 1, ReportQueue.SCHEMA_VERSION
+    assert_refused_untouched(
+        db_path, rf"schema version {newer}, newer than this wats-station knows \({known}\)"
+    )
 
 
 def test_a_file_that_is_not_sqlite_is_refused_untouched(db_path: Path) -> None:
@@ -664,20 +799,22 @@ def test_a_new_queue_is_made_only_where_there_was_no_file(db_path: Path) -> None
 def test_a_v2_queue_gets_payload_checksums_and_a_damaged_payload_fails_its_report(
     db_path: Path,
 ) -> None:
-    q = ReportQueue(db_path)
     items = [report(n) for n in range(4)]
-    q.enqueue(items)
-    q.close()
-    with sqlite3.connect(db_path) as db:  # back to the v2 layout, as an older station left it
-        db.execute("ALTER TABLE report DROP COLUMN payload_crc32")
-        db.execute("ALTER TABLE report DROP COLUMN waiting_crc32")
-        db.execute("PRAGMA user_version = 2")
+    with sqlite3.connect(db_path) as db:  # the v2 layout, as an older station left it
+        for statement in SCHEMA_V2:
+            db.execute(statement)
+        db.executemany(
+            "INSERT INTO report (id, payload, state, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, 'pending', 0, ?, ?)",
+            [(id_, zlib.compress(body), n, n) for n, (id_, body) in enumerate(items)],
+        )
         db.execute("UPDATE report SET payload = X'789c0badbeef' WHERE id = ?", (items[1][0],))
+        db.execute("PRAGMA user_version = 2")
     db.close()
     q = ReportQueue(db_path)
     try:
         with sqlite3.connect(db_path) as db:
-            assert db.execute("PRAGMA user_version").fetchone() == (3,)
+            assert db.execute("PRAGMA user_version").fetchone() == (ReportQueue.SCHEMA_VERSION,)
             assert db.execute("SELECT COUNT(*) FROM report WHERE payload_crc32 IS NULL").fetchone()
         told: list[tuple[str, str]] = []
         claimed = q.claim_due(10, on_damaged=lambda *damage: told.append(damage))
