@@ -108,7 +108,7 @@ def test_a_queue_file_from_before_the_trail_gains_it_when_opened(tmp_path):
     try:
         queue.enqueue([(str(uuid.uuid4()), PAYLOAD)])
         assert queue._sql("SELECT what FROM trail").fetchall() == [("queued",)]
-        assert queue._sql("PRAGMA user_version").fetchone()[0] == 2
+        assert queue._sql("PRAGMA user_version").fetchone()[0] == ReportQueue.SCHEMA_VERSION
     finally:
         queue.close()
 
