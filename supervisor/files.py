@@ -37,14 +37,27 @@ class FilesError(Exception):
     """A request about files that cannot be done; the message says why."""
 
 
-def _entries(folder: str) -> list[os.DirEntry]:
+def _entries(
+    folder: str, *, recursive: bool = False, skip: frozenset[str] = frozenset()
+) -> list[os.DirEntry]:
+    """The files in `folder`, and with `recursive` in its subfolders too (not hidden ones, not
+    symlinked ones, not those in `skip`), by path."""
+    found: list[os.DirEntry] = []
     try:
-        return sorted(
-            (e for e in os.scandir(folder) if e.is_file(follow_symlinks=False)),
-            key=lambda e: e.name,
-        )
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_file(follow_symlinks=False):
+                    found.append(e)
+                elif (
+                    recursive
+                    and e.is_dir(follow_symlinks=False)
+                    and not e.name.startswith(".")
+                    and os.path.abspath(e.path) not in skip
+                ):
+                    found += _entries(e.path, recursive=True, skip=skip)
     except OSError:
-        return []
+        return found
+    return sorted(found, key=lambda e: e.path)
 
 
 def _matches(name: str, conv: ConverterSettings) -> bool:
@@ -133,7 +146,8 @@ def _waiting(
 ) -> list[dict[str, Any]]:
     """Files in the drop folder that no converter holds right now (recorded or not yet)."""
     waiting = []
-    for e in _entries(conv.watch_folder):
+    skip = frozenset(os.path.abspath(f) for f in (conv.done_folder, conv.error_folder))
+    for e in _entries(conv.watch_folder, recursive=conv.recursive, skip=skip):
         if _matches(e.name, conv) and e.path not in converting:
             record = _record(queue, "path = ? AND state = 'recorded'", (stored_path(e.path),))
             waiting.append(_entry(e.path, conv.name, "waiting", record))
@@ -143,7 +157,7 @@ def _waiting(
 def _quarantined(queue: ReportQueue, conv: ConverterSettings) -> list[dict[str, Any]]:
     """Files in the error folder, with the reason from their sidecar."""
     quarantined = []
-    for e in _entries(conv.error_folder):
+    for e in _entries(conv.error_folder, recursive=True):
         if e.name.endswith(SIDECAR_SUFFIX) or e.name.startswith("."):
             continue
         record = _record(queue, "final_path = ? AND state = 'failed'", (stored_path(e.path),))
@@ -200,7 +214,11 @@ def retry(
 
 def _put_back(queue: ReportQueue, file: Path, conv: ConverterSettings) -> str:
     reason = read_sidecar(file)
+    # A file from a subfolder (a recursive converter) goes back where it came from.
+    relative = os.path.relpath(file.parent, conv.error_folder)
     watch = Path(conv.watch_folder)
+    if relative != os.curdir and not relative.startswith(os.pardir):
+        watch = watch / relative
     watch.mkdir(parents=True, exist_ok=True)
     target = free_name(watch, Path(str(reason.get("file") or file.name)).name)
     record = _record(queue, "final_path = ? AND state = 'failed'", (stored_path(str(file)),))

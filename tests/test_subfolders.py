@@ -393,3 +393,13 @@ def test_a_station_takes_a_tree_converts_each_file_once_and_keeps_its_path(
     assert emulator.stats()["unique"] == 4 and len(emulator.received_ids()) == 4
     assert sorted(p.relative_to(done) for p in done.rglob("*.json")) == sorted(expected)
     assert not any(root.glob("lineA/**/*.json")) and not (root / "c.json").exists()
+
+    # The operator fixes the bad file where it lies and retries it: it goes back into its own
+    # subfolder, is converted once and lands in Done under the same relative path.
+    (errors,) = [f for f in station.call("list_files", state="error") if f["name"] == "bad.json"]
+    assert errors["path"] == str(error_file)
+    error_file.write_text(good_report(5))
+    station.call("retry_files", names=["bad.json"])
+    wait_until(lambda: (done / DEEP / "bad.json").exists(), 30, "the fixed file in Done/lineA/…")
+    wait_until(lambda: emulator.stats()["unique"] == 5, 30, "its report on the server")
+    assert not error_file.exists() and emulator.stats()["duplicates"] == 0
