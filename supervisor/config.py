@@ -321,3 +321,18 @@ def write_config_file(path: Path, document: dict[str, Any]) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def merge_config_changes(document: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with ``changes`` (a partial config document) laid over it, section by
+    section. A secret sent back masked means "unchanged", so a form that never shows the
+    token can still save everything else."""
+    merged = dict(document)
+    for name, value in changes.items():
+        if name in SECRET_KEYS and value == MASK:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = merge_config_changes(merged[name], value)
+        else:
+            merged[name] = value
+    return merged

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 from wats_station.converters.wsjf import InvalidReport, validate_report
 from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
 from wats_station.ipc.states import ReportState
-from wats_station.supervisor.config import ConfigError, config_to_dict
+from wats_station.supervisor.config import (
+    ConfigError,
+    config_to_dict,
+    merge_config_changes,
+    parse_config,
+    write_config_file,
+)
 
 if TYPE_CHECKING:
     from wats_station.supervisor.process import WorkerProcess
@@ -306,3 +312,26 @@ def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
 @command("list_converters", "Every configured converter with its folders and file counts.")
 def list_converters(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
     return station.conversions.describe()
+
+
+@command(
+    "save_config",
+    "Change keys of the config file (a partial document), check, write it and reload.",
+    changes=((dict,), True),
+)
+def save_config(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    file = station.paths.config_file
+    try:
+        document = json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+    except (OSError, ValueError) as error:
+        raise CommandError(ErrorCode.CONFLICT, f"{file}: cannot read: {error}") from None
+    if not isinstance(document, dict):
+        raise CommandError(ErrorCode.CONFLICT, f"{file}: is not a JSON object")
+    merged = merge_config_changes(document, args["changes"])
+    try:
+        parse_config(merged, station.paths)
+    except ConfigError as error:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, f"config refused: {error}") from None
+    write_config_file(file, merged)
+    result = reload(station, {})
+    return {"saved": str(file), **result}

@@ -1,0 +1,223 @@
+"""The window's connection to one station: events and liveness on a thread, calls on a pool.
+
+``StationLink`` owns a thread that connects (a ``ping``, then the event stream and a
+snapshot), follows the events, and notices when the station goes away: events are its
+sign of life, and after a quiet spell it pings. A station that stops, dies or is not started
+yet is reported as ``disconnected`` with the reason in words, and the thread keeps trying
+until it comes back, when a fresh snapshot arrives as ``connected``.
+
+``link.call(command, on_done, **args)`` runs one control command on a thread pool (a fresh
+client each time, as zmq sockets belong to one thread) and hands ``Reply`` back on the
+GUI thread. Nothing here ever blocks the window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal
+
+from wats_station.ipc.client import (
+    CommandFailed,
+    Event,
+    EventStream,
+    StationClient,
+    StationUnavailable,
+)
+from wats_station.ipc.endpoints import InstancePaths
+from wats_station.ipc.protocol import ErrorCode
+
+RETRY_S = 1.0  # between attempts to reach a station that is away
+QUIET_S = 2.0  # no event for this long: ping to see that the station still lives
+PING_TIMEOUT_S = 1.5
+CALL_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What came of one call: ``result`` when ``ok``, else ``error`` (in words) and ``code``."""
+
+    command: str
+    ok: bool
+    result: Any = None
+    error: str = ""
+    code: str = ""
+
+    @property
+    def unsupported(self) -> bool:
+        """The station is older than this window and does not know the command."""
+        return self.code == str(ErrorCode.UNKNOWN_COMMAND)
+
+
+def call_station(paths: InstancePaths, command: str, timeout_s: float, **args: Any) -> Reply:
+    try:
+        with StationClient(paths=paths, timeout_s=timeout_s) as client:
+            return Reply(command, True, client.call(command, **args))
+    except CommandFailed as error:
+        return Reply(command, False, error=str(error), code=error.code)
+    except StationUnavailable as error:
+        return Reply(command, False, error=str(error), code="unavailable")
+    except Exception as error:  # a bug here must not take the window down
+        return Reply(command, False, error=f"{type(error).__name__}: {error}", code="internal")
+
+
+class _Delivery(QObject):
+    done = Signal(object, object)  # callback, Reply
+
+
+class Background(QObject):
+    """Runs work on a small thread pool and hands its result to a callback on the GUI thread."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(4)
+        self._delivery = _Delivery(self)
+        self._delivery.done.connect(_deliver)
+
+    def run(self, work: Callable[[], Any], on_done: Callable[[Any], None] | None = None) -> None:
+        self._pool.start(_Call(self._delivery, on_done or (lambda _result: None), work))
+
+    def wait(self) -> None:
+        self._pool.waitForDone()
+
+
+def _deliver(callback: Callable[[Any], None], result: Any) -> None:
+    try:
+        callback(result)
+    except RuntimeError as error:  # the widget that asked was closed meanwhile
+        if "already deleted" not in str(error):
+            raise
+
+
+class _Call(QRunnable):
+    def __init__(self, delivery: _Delivery, callback: Callable[[Reply], None], work: Any) -> None:
+        super().__init__()
+        self.delivery, self.callback, self.work = delivery, callback, work
+
+    def run(self) -> None:
+        self.delivery.done.emit(self.callback, self.work())
+
+
+class _Follower(QThread):
+    """Connects, follows events, pings when quiet, reconnects; never touches widgets."""
+
+    connected = Signal(dict)
+    disconnected = Signal(str)
+    event = Signal(object)
+
+    def __init__(self, paths: InstancePaths) -> None:
+        super().__init__()
+        self.paths = paths
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        reason = ""
+        while not self._stop.is_set():
+            stream, why = self._connect()
+            if stream is None:
+                if why != reason:
+                    reason = why
+                    self.disconnected.emit(why)
+                self._stop.wait(RETRY_S)
+                continue
+            reason = ""
+            try:
+                why = self._follow(stream)
+            finally:
+                stream.close()
+            if not self._stop.is_set():
+                reason = why
+                self.disconnected.emit(why)
+
+    def _connect(self) -> tuple[EventStream | None, str]:
+        ping = call_station(self.paths, "ping", PING_TIMEOUT_S)
+        if not ping.ok:
+            return None, ping.error
+        try:
+            stream = EventStream(paths=self.paths)
+            snapshot = stream.snapshot()
+        except (StationUnavailable, CommandFailed) as error:
+            return None, str(error)
+        self.connected.emit(snapshot.data)
+        return stream, ""
+
+    def _follow(self, stream: EventStream) -> str:
+        last_sign = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                event = stream.next(timeout_s=0.2)
+            except (StationUnavailable, CommandFailed) as error:  # a resync that failed
+                return str(error)
+            if event is not None:
+                last_sign = time.monotonic()
+                if event.topic == "resync":
+                    self.connected.emit(event.data)
+                else:
+                    self.event.emit(event)
+                continue
+            if time.monotonic() - last_sign > QUIET_S:
+                ping = call_station(self.paths, "ping", PING_TIMEOUT_S)
+                if not ping.ok:
+                    return ping.error
+                last_sign = time.monotonic()
+        return ""
+
+
+class StationLink(QObject):
+    """One station as the window sees it; emits on the GUI thread."""
+
+    connected = Signal(dict)  # a full status: on connect, after a restart, after a gap
+    disconnected = Signal(str)  # why, in words (with how to start the station)
+    event = Signal(object)  # an ipc.client.Event
+
+    def __init__(self, paths: InstancePaths, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.paths = paths
+        self.is_connected = False
+        self._background = Background(self)
+        self._follower = _Follower(paths)
+        self._follower.connected.connect(self._on_connected)
+        self._follower.disconnected.connect(self._on_disconnected)
+        self._follower.event.connect(self.event)
+
+    @property
+    def instance(self) -> str:
+        return self.paths.instance
+
+    def start(self) -> None:
+        self._follower.start()
+
+    def close(self) -> None:
+        self._follower.stop()
+        self._follower.wait()
+        self._background.wait()
+
+    def call(
+        self,
+        command: str,
+        on_done: Callable[[Reply], None] | None = None,
+        *,
+        timeout_s: float = CALL_TIMEOUT_S,
+        **args: Any,
+    ) -> None:
+        work = lambda: call_station(self.paths, command, timeout_s, **args)  # noqa: E731
+        self._background.run(work, on_done)
+
+    def _on_connected(self, status: dict) -> None:
+        self.is_connected = True
+        self.connected.emit(status)
+
+    def _on_disconnected(self, reason: str) -> None:
+        self.is_connected = False
+        self.disconnected.emit(reason)
+
+
+__all__ = ["Background", "Event", "Reply", "StationLink", "call_station"]
