@@ -169,8 +169,10 @@ class MainWindow(QMainWindow):
         connected = self.link is not None and self.link.is_connected
         self.banner.setVisible(not connected)
         if not connected:
+            start = f"wats-station service --instance-id {self.instance}"
+            hint = "" if start in self.reason else f"\nIf it is not running, start it: {start}"
             self.banner.setText(
-                f"Not connected to station '{self.instance}': {self.reason}\n"
+                f"Not connected to station '{self.instance}': {self.reason}{hint}\n"
                 "This window reconnects by itself when the station is back."
             )
         self.setWindowTitle(
