@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display needed, as in CI
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QLineEdit
 
 from wats_station.emulator import Emulator
 from wats_station.gui.converters import ConvertersPage
 from wats_station.gui.events import EventsPage
 from wats_station.gui.files import FilesPage
-from wats_station.gui.instances import InstancesPage
+from wats_station.gui.instances import InstancesPage, find_instances
 from wats_station.gui.overview import OverviewPage
 from wats_station.gui.queue import QueuePage
 from wats_station.gui.settings import SettingsPage
@@ -28,6 +31,7 @@ from wats_station.gui.window import MainWindow, is_ready
 from wats_station.ipc.client import CommandFailed
 from wats_station.lab.harness import wait_until
 from wats_station.samples import sample_report, write_wstf_files
+from wats_station.supervisor.config import MASK, merge_config_changes
 
 TOKEN = "Z3VpOnNlY3JldA=="
 WAIT_MS = 15_000
@@ -281,3 +285,73 @@ def test_the_window_follows_a_station_that_stops_dies_and_comes_back(
     qtbot.waitUntil(
         lambda: str(window.status["pid"]) in overview.fields["service"].text(), timeout=WAIT_MS
     )
+
+
+@pytest.mark.timeout(60)
+def test_the_station_saves_only_a_valid_config_and_keeps_the_token(station):
+    with pytest.raises(CommandFailed, match=r"upload\.max_concurrency: must be between 1 and 64"):
+        station.call("save_config", changes={"upload": {"max_concurrency": 0}})
+    with pytest.raises(CommandFailed, match=r"upload\.nope: unknown key"):
+        station.call("save_config", changes={"upload": {"nope": 1}})
+    masked = station.call("get_config")["server"]["token"]
+    result = station.call(
+        "save_config", changes={"server": {"token": masked}, "watch": {"debounce_s": 0.5}}
+    )
+    assert result["saved"] == str(station.paths.config_file)
+    document = json.loads(station.paths.config_file.read_text())
+    assert document["server"]["token"] == TOKEN  # "********" means unchanged
+    assert document["watch"]["debounce_s"] == 0.5
+    assert document["supervisor"]["heartbeat_interval_s"] == 0.2  # the rest is kept
+    assert station.call("get_config")["watch"]["debounce_s"] == 0.5
+
+
+def test_merging_changes_lays_sections_over_the_file():
+    document = {"server": {"url": "http://a", "token": "t"}, "upload": {"max_concurrency": 2}}
+    merged = merge_config_changes(
+        document, {"server": {"token": MASK}, "upload": {"read_timeout_s": 9.0}}
+    )
+    assert merged == {
+        "server": {"url": "http://a", "token": "t"},
+        "upload": {"max_concurrency": 2, "read_timeout_s": 9.0},
+    }
+    assert document["upload"] == {"max_concurrency": 2}  # not changed in place
+
+
+def test_instances_are_found_where_their_files_live(home, monkeypatch):
+    monkeypatch.setenv("WATS_STATION_HOME", str(home))
+    (home / "config_ict.json").write_text("{}")
+    (home / "fct" / "run").mkdir(parents=True)
+    (home / "not an id!").mkdir()
+    assert find_instances("eol") == ["eol", "fct", "ict"]
+
+
+def test_the_gui_command_says_how_to_install_qt_when_it_is_missing():
+    code = (
+        "import sys; sys.modules['PySide6'] = None\n"
+        "from wats_station.cli import main\n"
+        "raise SystemExit(main(['gui']))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 1
+    assert "pip install 'wats-station[gui]'" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_keyboard_layout_and_copying(qtbot, window):
+    assert window.minimumSizeHint().width() <= 1024
+    assert window.minimumSizeHint().height() <= 768
+    qtbot.keyClick(window, Qt.Key.Key_3, Qt.KeyboardModifier.ControlModifier)
+    assert isinstance(window.stack.currentWidget(), QueuePage)
+    qtbot.keyClick(window, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
+    overview = window.stack.currentWidget()
+    assert isinstance(overview, OverviewPage)
+    qtbot.waitUntil(lambda: overview.workers.rowCount() == 3, timeout=WAIT_MS)
+    overview.workers.setFocus()
+    overview.workers.selectAll()
+    qtbot.keyClick(overview.workers, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
+    copied = QGuiApplication.clipboard().text().splitlines()
+    assert [line.split("\t")[0] for line in copied] == overview.workers.column_texts(0)
+    flags = overview.fields["server"].textInteractionFlags()
+    assert flags & Qt.TextInteractionFlag.TextSelectableByKeyboard
