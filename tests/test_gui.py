@@ -321,7 +321,8 @@ def test_instances_are_found_where_their_files_live(home, monkeypatch):
     monkeypatch.setenv("WATS_STATION_HOME", str(home))
     (home / "config_ict.json").write_text("{}")
     (home / "fct" / "run").mkdir(parents=True)
-    (home / "not an id!").mkdir()
+    (home / "not an id!" / "run").mkdir(parents=True)
+    (home / "samples").mkdir()  # a folder, but no instance's
     assert find_instances("eol") == ["eol", "fct", "ict"]
 
 

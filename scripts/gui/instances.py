@@ -27,9 +27,14 @@ def _siblings(folder: Path) -> set[str]:
     parts = folder.parts
     if PROBE not in parts:
         return set()
-    parent = Path(*parts[: parts.index(PROBE)])
+    at = parts.index(PROBE)
+    parent, rest = Path(*parts[:at]), parts[at + 1 :]
     try:
-        return {entry.name for entry in os.scandir(parent) if entry.is_dir()}
+        return {
+            entry.name
+            for entry in os.scandir(parent)
+            if entry.is_dir() and Path(entry.path, *rest).is_dir()
+        }
     except OSError:
         return set()
 

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QPushButton,
     QVBoxLayout,
+    QWidget,
 )
 
 from wats_station.gui.link import Reply
@@ -56,6 +57,7 @@ class OverviewPage(Page):
     def __init__(self, main: Any) -> None:
         super().__init__(main)
         self.status: dict[str, Any] | None = None
+        self.fetched_at = time.monotonic()
         self.done: deque[tuple[float, str]] = deque()  # (time, "report" | "file")
 
         self.verdict = label(bold=True)
@@ -93,7 +95,8 @@ class OverviewPage(Page):
                 "throughput",
             )
         }
-        facts = QFormLayout()
+        self.facts = QWidget()  # greyed while not connected: the last known state
+        facts = QFormLayout(self.facts)
         for name, caption in (
             ("service", "Service"),
             ("server", "Server link"),
@@ -129,12 +132,12 @@ class OverviewPage(Page):
         layout.addWidget(self.verdict)
         layout.addWidget(self.reasons)
         layout.addLayout(controls)
-        layout.addLayout(facts)
+        layout.addWidget(self.facts)
         layout.addWidget(worker_box, 1)
 
         self._tick = QTimer(self)
         self._tick.setInterval(5000)  # ages and rates move on by themselves; no station call
-        self._tick.timeout.connect(self._show_rates)
+        self._tick.timeout.connect(self._tick_clock)
         self._tick.start()
         self.on_connection(False)
 
@@ -142,6 +145,8 @@ class OverviewPage(Page):
 
     def show_status(self, status: dict[str, Any]) -> None:
         self.status = status
+        self.fetched_at = time.monotonic()
+        self.facts.setEnabled(True)
         tone, text = verdict_of(status)
         self.verdict.setText(text)
         set_tone(self.verdict, tone)
@@ -153,9 +158,6 @@ class OverviewPage(Page):
             )
         )
         server = status["server"]
-        self.fields["service"].setText(
-            f"{status['state']}, pid {status['pid']}, up {format_duration(status['uptime_s'])}"
-        )
         self.fields["server"].setText(
             f"{server['state']}  {server['url']}"
             + (f"\nlast error: {server['detail']}" if server.get("detail") else "")
@@ -175,20 +177,7 @@ class OverviewPage(Page):
                 f"{queue.get(s, 0)} {s}" for s in ("pending", "processing", "completed", "failed")
             )
         )
-        self.workers.fill(
-            [
-                (
-                    w["name"],
-                    w["kind"],
-                    w["pid"] or "-",
-                    w["state"],
-                    format_duration(w["uptime_s"]),
-                    w["restarts"],
-                    ", ".join(j["what"] for j in w["jobs"]) or (w.get("last_exit") or ""),
-                )
-                for w in status["workers"]
-            ]
-        )
+        self._show_uptimes()
         self.call("list_reports", self._oldest_fetched, state="pending", limit=1)
 
     def _oldest_fetched(self, reply: Reply) -> None:
@@ -203,6 +192,35 @@ class OverviewPage(Page):
             self.done.append((event.time, "file"))
         else:
             return
+        self._show_rates()
+
+    def _show_uptimes(self) -> None:
+        """Uptimes as of now: the status gave them at fetch time, and they move on alone."""
+        status = self.status
+        if status is None or not self.facts.isEnabled():
+            return
+        since = time.monotonic() - self.fetched_at
+        self.fields["service"].setText(
+            f"{status['state']}, pid {status['pid']}, "
+            f"up {format_duration(status['uptime_s'] + since)}"
+        )
+        self.workers.fill(
+            [
+                (
+                    w["name"],
+                    w["kind"],
+                    w["pid"] or "-",
+                    w["state"],
+                    "-" if w["uptime_s"] is None else format_duration(w["uptime_s"] + since),
+                    w["restarts"],
+                    ", ".join(j["what"] for j in w["jobs"]) or (w.get("last_exit") or ""),
+                )
+                for w in status["workers"]
+            ]
+        )
+
+    def _tick_clock(self) -> None:
+        self._show_uptimes()
         self._show_rates()
 
     def _show_rates(self) -> None:
@@ -221,6 +239,9 @@ class OverviewPage(Page):
         for button in (*self.worker_buttons.values(),):
             button.setEnabled(connected)
         if not connected:
+            self.facts.setEnabled(False)
+            if self.status is not None:
+                self.fields["service"].setText("not answering (below: the last known state)")
             self.verdict.setText("Not connected")
             set_tone(self.verdict, "offline")
             self.reasons.setText(self.main.reason if hasattr(self.main, "reason") else "")
