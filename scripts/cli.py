@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import getpass
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -119,6 +121,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"files      {files['converted']} converted, {files['failed']} failed, "
         f"{files['waiting']} waiting"
     )
+    print_paused(status.get("paused") or {})
+    health = status.get("health")
+    if health:
+        print(f"health     {health['verdict']}")
+        for reason in health["reasons"]:
+            print(f"           {reason['verdict']}: {reason['check']}: {reason['message']}")
     print()
     rows = [("WORKER", "KIND", "PID", "STATE", "RESTARTS", "UPTIME", "DOING")]
     for w in status["workers"]:
@@ -139,6 +147,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     print_table(rows)
     return 0
+
+
+def print_paused(paused: dict[str, Any]) -> None:
+    for kind, stamp in paused.items():
+        if stamp:
+            print(f"paused     {kind} (by {stamp['by']} at {stamp['at']})")
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
@@ -227,22 +241,119 @@ def cmd_control(command: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+# -- operations: pause, health, files, trace ----------------------------------------------
+
+
+def operator() -> str:
+    """Who asks, for the pause record: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _what(args: argparse.Namespace) -> str:
+    if args.uploads and args.conversions:
+        return "all"
+    return "uploads" if args.uploads else "conversions" if args.conversions else "all"
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    if args.command == "pause":
+        result = _call_anywhere(args, "pause", what=_what(args), by=operator())
+    else:
+        result = _call_anywhere(args, "resume", what=_what(args))
+    paused = result["paused"]
+    if not any(paused.values()):
+        print("nothing is paused")
+    print_paused(paused)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    health = _call(args, "get_health")
+    if args.json:
+        _print_json(health)
+    else:
+        print(health["verdict"])
+        for reason in health["reasons"]:
+            print(f"  {reason['verdict']}: {reason['check']}: {reason['message']}")
+    return 0 if health["verdict"] == "ok" else EXIT_FAILED
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    target = args.target
+    if "/" in target:
+        target = str(Path(target).absolute())
+    found = _call_anywhere(args, "trace", target=target)
+    if args.json:
+        _print_json(found)
+        return 0
+    for source in found["sources"]:
+        print(
+            f"file     {source['path']}  ({source['size']} bytes, sha256 {source['sha256']}, "
+            f"converter {source['converter']}, {source['state']})"
+        )
+    for report in found["reports"]:
+        print(f"report   {report['id']}  {report['state']}")
+    print()
+    for event in found["events"]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
+        subject = event["report_id"] or f"file #{event['source_id']}"
+        status = f" HTTP {event['http_status']}" if event["http_status"] else ""
+        detail = f"  {event['detail']}" if event["detail"] else ""
+        print(f"{stamp}  {subject:<36}  {event['what']}{status}{detail}")
+    return 0
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    if args.action == "retry":
+        if not args.names and not args.all_errors:
+            raise CliError("files retry needs file names or --all-errors", EXIT_USAGE)
+        result = _call_anywhere(
+            args,
+            "retry_files",
+            names=args.names or None,
+            all_errors=args.all_errors,
+            converter=args.converter,
+        )
+        for path in result["files"]:
+            print(f"back in the drop folder: {path}")
+        return 0
+    found = _call_anywhere(
+        args, "list_files", state=args.state, converter=args.converter, limit=args.limit
+    )
+    if args.json:
+        _print_json(found)
+        return 0
+    rows = [("STATE", "CONVERTER", "NAME", "REPORTS", "REASON")]
+    for f in found:
+        reason = (f["reason"] or "").splitlines()[0][:70] if f["reason"] else ""
+        rows.append((f["state"], f["converter"], f["name"], str(len(f["reports"])), reason))
+    print_table(rows)
+    return 0
+
+
 # -- queue --------------------------------------------------------------------------------
 
 
-def cmd_queue(args: argparse.Namespace) -> int:
+def _call_anywhere(args: argparse.Namespace, command: str, **arguments: Any) -> Any:
+    """Ask the running station, or run the command on the queue file of a stopped one."""
     from wats_station import offline
 
     paths = _paths(args)
-    command, arguments = _queue_request(args)
     if offline.station_stopped(paths):
         try:
-            result = offline.run_queue_command(paths, command, arguments)
+            return offline.run_queue_command(paths, command, arguments)
         except offline.control.CommandError as error:
             raise CliError(str(error)) from None
-    else:
-        result = _call(args, command, **arguments)
-    return _print_queue(args, result)
+    return _call(args, command, **arguments)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    command, arguments = _queue_request(args)
+    return _print_queue(args, _call_anywhere(args, command, **arguments))
 
 
 def _queue_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -497,6 +608,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("workers", cmd_workers, "list, restart, stop or start workers")
     p.add_argument("action", choices=("list", "restart", "stop", "start"))
     p.add_argument("name", nargs="?")
+    p.add_argument("--json", action="store_true")
+    for name, words in (("pause", "pause"), ("resume", "resume")):
+        p = add(name, cmd_pause, f"{words} uploads and conversions (both unless one is named)")
+        p.add_argument("--uploads", action="store_true", help=f"{words} uploads")
+        p.add_argument("--conversions", action="store_true", help=f"{words} conversions")
+    p = add("health", cmd_health, "the health verdict; exit 0 when ok, 1 otherwise")
+    p.add_argument("--json", action="store_true", help="verdict, reasons and inputs as JSON")
+    p = add("trace", cmd_trace, "the custody trail of a file (path, name, sha256) or report id")
+    p.add_argument("target", metavar="FILE-OR-REPORT-ID")
+    p.add_argument("--json", action="store_true")
+    p = add("files", cmd_files, "list input files, or put quarantined ones back (retry)")
+    p.add_argument("action", choices=("list", "retry"))
+    p.add_argument("names", nargs="*", help="retry: names of quarantined files")
+    p.add_argument("--state", choices=("waiting", "converting", "error", "done"))
+    p.add_argument("--converter", help="only this converter's files")
+    p.add_argument("--all-errors", action="store_true", help="retry: every quarantined file")
+    p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
     add("stop", cmd_control("stop"), "stop the running station gracefully")
     add("restart", cmd_control("restart"), "restart every worker of the running station")

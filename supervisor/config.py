@@ -88,6 +88,59 @@ class UploadSettings:
 
 
 @dataclass(frozen=True)
+class AdmissionSettings:
+    stop_below_mb: float = key(
+        500.0,
+        between(0, 1 << 30),
+        "free space on the queue's disk below which nothing new is taken",
+    )
+    resume_above_mb: float = key(
+        1000.0, between(0, 1 << 30), "free space above which the station takes files again"
+    )
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    unsent_degraded_s: float = key(
+        900.0, between(1, 1e9), "age of the oldest undelivered report that makes it degraded"
+    )
+    unsent_failing_s: float = key(14400.0, between(1, 1e9), "... that makes it failing")
+    waiting_files_degraded: int = key(200, between(1, 1e9), "files waiting that make it degraded")
+    waiting_degraded_s: float = key(
+        300.0, between(0.1, 1e9), "age of the oldest file waiting that makes it degraded"
+    )
+    waiting_failing_s: float = key(3600.0, between(0.1, 1e9), "... that makes it failing")
+    failures_window_s: float = key(
+        900.0, between(0.1, 1e9), "how far back quarantined files count as recent"
+    )
+    failures_degraded: int = key(1, between(1, 1e9), "recent quarantined files: degraded")
+    failures_failing: int = key(20, between(1, 1e9), "recent quarantined files: failing")
+    clock_skew_s: float = key(
+        300.0, between(1, 1e9), "clock difference from the server that makes it degraded"
+    )
+    interval_s: float = key(1.0, between(0.05, 3600), "how often the verdict is computed")
+
+
+def host_port(value: str) -> str | None:
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return f"must be empty (off) or host:port such as 127.0.0.1:9464, got {value!r}"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = key(
+        "", host_port, "host:port of the metrics and health HTTP endpoint; off if empty"
+    )
+    interval_s: float = key(
+        1.0, between(0.05, 3600), "how often the supervisor publishes its figures"
+    )
+
+
+@dataclass(frozen=True)
 class SupervisorSettings:
     converter_workers: int = key(lambda: os.cpu_count() or 1, between(1, 50), "converter processes")
     heartbeat_interval_s: float = key(1.0, between(0.05, 60), "how often processes say they live")
@@ -142,6 +195,7 @@ class LoggingSettings:
     level: str = key("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"), "log level")
     file_max_mb: float = key(10.0, between(0.01, 10240), "log file size that triggers rotation")
     file_backups: int = key(5, between(0, 1000), "rotated log files kept")
+    format: str = key("text", one_of("text", "json"), "text for people, json: one object a line")
 
 
 @dataclass(frozen=True)
@@ -154,6 +208,9 @@ class Config:
     converters: list[ConverterSettings] = key(list)
     converters_folder: str = key("", help="folder searched for python converter modules")
     logging: LoggingSettings = key(LoggingSettings)
+    admission: AdmissionSettings = key(AdmissionSettings)
+    health: HealthSettings = key(HealthSettings)
+    metrics: MetricsSettings = key(MetricsSettings)
 
     def converter(self, name: str) -> ConverterSettings | None:
         return next((c for c in self.converters if c.name == name), None)

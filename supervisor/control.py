@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wats_station.converters.wsjf import InvalidReport, validate_report
-from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
-from wats_station.ipc.states import ReportState
+from wats_station.ipc.protocol import ErrorCode, JobKind, Message, reply_error, reply_ok
+from wats_station.ipc.states import PauseTarget, ReportState
+from wats_station.supervisor import files, trail
 from wats_station.supervisor.config import (
     ConfigError,
     config_to_dict,
@@ -312,6 +314,116 @@ def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
 @command("list_converters", "Every configured converter with its folders and file counts.")
 def list_converters(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
     return station.conversions.describe()
+
+
+# -- operations: pause, health, files, the custody trail -----------------------------------
+# These also run on a stopped station (scripts/offline.py), where `station` carries only the
+# queue, the config and the pause; what needs the live station is looked up with getattr.
+
+
+def _check_what(command_name: str, what: str) -> str:
+    if what not in set(PauseTarget):
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{command_name}: 'what' must be one of {', '.join(PauseTarget)}, not {what!r}",
+        )
+    return what
+
+
+@command(
+    "pause",
+    "Pause uploads and/or conversions until resumed, across restarts; nothing is lost.",
+    what=OPT_STR,
+    by=OPT_STR,
+)
+def pause(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    what = _check_what("pause", args.get("what") or "all")
+    by = args.get("by") or "unknown"
+    paused = station.pause.pause(what, by)
+    log.warning("%s paused by %s", what, by)
+    station.publish("pause", {"action": "pause", "what": what, "by": by, "paused": paused})
+    return {"paused": paused}
+
+
+@command("resume", "Resume what pause stopped; queued work goes at the usual pace.", what=OPT_STR)
+def resume(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    what = _check_what("resume", args.get("what") or "all")
+    paused = station.pause.resume(what)
+    log.warning("%s resumed", what)
+    station.publish("pause", {"action": "resume", "what": what, "paused": paused})
+    uploads = getattr(station, "uploads", None)
+    if uploads is not None:
+        uploads.wake()
+    return {"paused": paused}
+
+
+@command("get_health", "The health verdict, its reasons, and the inputs it was judged from.")
+def get_health(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    return station.health.report()
+
+
+def _converting(station: Station) -> dict[str, str]:
+    return {
+        os.fsdecode(job.data["path"]): job.data["converter"]
+        for worker in getattr(station, "workers", {}).values()
+        for job in worker.jobs.values()
+        if job.kind == JobKind.CONVERT
+    }
+
+
+@command(
+    "list_files",
+    "Input files: waiting, converting, in error (with the reason) or done.",
+    state=OPT_STR,
+    converter=OPT_STR,
+    limit=OPT_INT,
+)
+def list_files(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        return files.list_files(
+            station.queue,
+            station.config,
+            state=args.get("state"),
+            converter=args.get("converter"),
+            limit=args.get("limit") or 100,
+            converting=_converting(station),
+        )
+    except files.FilesError as error:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, str(error)) from None
+
+
+@command(
+    "retry_files",
+    "Put quarantined files back through their converter (by name, or every one).",
+    names=((list,), False),
+    all_errors=OPT_BOOL,
+    converter=OPT_STR,
+)
+def retry_files(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        result = files.retry(
+            station.queue,
+            station.config,
+            names=[str(n) for n in args.get("names") or ()],
+            all_errors=bool(args.get("all_errors")),
+            converter=args.get("converter"),
+        )
+    except files.FilesError as error:
+        raise CommandError(ErrorCode.NOT_FOUND, str(error)) from None
+    for path in result["files"]:
+        log.info("retrying %s", path)
+        station.publish("file.retried", {"path": path})
+    return result
+
+
+@command("trace", "The custody trail of a file (path, name, sha256) or a report id.", target=STR)
+def trace(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    found = trail.trace(station.queue, args["target"])
+    if found is None:
+        raise CommandError(
+            ErrorCode.NOT_FOUND, f"the queue knows no file or report {args['target']!r}"
+        )
+    return found
 
 
 @command(

@@ -187,6 +187,8 @@ class Conversions:
         self._to_error_folder(path, conv, {"error": body["reason"]})
 
     def tick(self, now: float) -> None:
+        if self.station.pause.conversions:
+            return  # files stay in their drop folders, recorded and waiting
         while self.waiting:
             workers = self.station.idle_workers("converter")
             if not workers:
@@ -218,7 +220,11 @@ class Conversions:
             self._fail(source_id, path, conv, {**error, "attempts": 1})
             return
         reports = body["data"]["reports"]
-        self.queue.commit_conversion(source_id, [(r["id"], r["json"]) for r in reports])
+        self.queue.commit_conversion(
+            source_id,
+            [(r["id"], r["json"]) for r in reports],
+            body["data"].get("converter_version", ""),
+        )
         crash_point("after-report-committed")
         self.counts["reports"] += len(reports)
         self.station.uploads.wake()
@@ -297,6 +303,7 @@ class Conversions:
             "file.failed",
             {
                 "path": path,
+                "converter": conv.name,
                 "error_folder": str(folder),
                 "error": str(details.get("error") or details.get("message")),
             },
@@ -321,7 +328,13 @@ class Conversions:
         )
         self.counts["converted"] += 1
         self.station.publish(
-            "file.done", {"path": path, "action": conv.post_action, "final_path": final}
+            "file.done",
+            {
+                "path": path,
+                "converter": conv.name,
+                "action": conv.post_action,
+                "final_path": final,
+            },
         )
 
     # -- reporting --------------------------------------------------------------------

@@ -31,6 +31,7 @@ from typing import Any
 import peewee
 
 from wats_station.ipc.states import ReportState, SourceState
+from wats_station.supervisor import trail
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 5.0
@@ -207,6 +208,7 @@ class ReportQueue:
                 self._create()
             elif layout == "v1":
                 self._migrate_v1()
+            trail.ensure_schema(self)
         except (peewee.PeeweeException, sqlite3.Error) as error:
             self._db.close()
             raise QueueError(f"queue database {self.path}: {error}") from error
@@ -485,17 +487,22 @@ class ReportQueue:
             ).fetchone()
         return _source(row)
 
-    def commit_conversion(self, source_id: int, reports: Sequence[tuple[str, bytes]]) -> None:
+    def commit_conversion(
+        self, source_id: int, reports: Sequence[tuple[str, bytes]], converter_version: str = ""
+    ) -> None:
         """Queue a file's reports and mark it converted in ONE transaction: both or neither."""
         rows = _report_rows(reports)
         with self._write():
             self._check_source(source_id, "commit the conversion of", SourceState.RECORDED)
             self._upsert(rows, source_id)
+            now = self._now()
             self._sql(
                 "UPDATE source_file SET state = 'converted', report_count = ?, last_error = NULL, "
                 "updated_at = ? WHERE id = ?",
-                (len(rows), self._now(), source_id),
+                (len(rows), now, source_id),
             )
+            detail = f"{len(rows)} report(s); converter version {converter_version or 'unknown'}"
+            self._sql(trail.INSERT, (now, source_id, None, "converted", None, detail))
 
     def record_crash(self, source_id: int, error: str) -> int:
         """Count a converter crash against the file; returns how many it has caused so far."""

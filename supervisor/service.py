@@ -38,18 +38,22 @@ from wats_station.ipc.states import ServiceState, WorkerState
 from wats_station.supervisor import control
 from wats_station.supervisor.config import Config, ConfigError, load_config
 from wats_station.supervisor.conversions import Conversions
+from wats_station.supervisor.health import Health
 from wats_station.supervisor.lock import InstanceLock
 from wats_station.supervisor.notify import Notifier
+from wats_station.supervisor.pause import Pause
 from wats_station.supervisor.process import Job, WorkerProcess, worker_command
 from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.telemetry import Telemetry
 from wats_station.supervisor.uploads import Uploads
 from wats_station.workers.crashpoints import crash_point
 
 log = logging.getLogger("wats-station")
 
 # Workers stop in this order, so nothing is handed to a worker that is already gone: the
-# watcher first (no new files), the converters next, the uploader last.
-STOP_ORDER = ("watcher", "converter", "uploader")
+# watcher first (no new files), the converters next, the uploader, then metrics (which serves
+# the station's health until the end).
+STOP_ORDER = ("watcher", "converter", "uploader", "metrics")
 
 
 class StartupError(Exception):
@@ -80,6 +84,8 @@ class Station:
         self._lock: InstanceLock | None = None
         self._context: zmq.Context | None = None
         self.queue: ReportQueue | None = None
+        self.health = Health(self)
+        self.telemetry = Telemetry(self)
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -103,6 +109,9 @@ class Station:
         self.event_socket = new_socket(self._context, zmq.PUB)
         self.event_socket.setsockopt(zmq.SNDHWM, 100_000)
         self.event_socket.bind(self.paths.events_endpoint)
+        self.pause = Pause(self.queue)
+        if self.pause.describe():
+            log.warning("%s (resume with: wats-station resume)", self.pause.describe())
         self.uploads = Uploads(self)
         self.conversions = Conversions(self)  # recovers unfinished files: needs the events socket
         self._signal_r, self._signal_w = socket.socketpair()
@@ -118,6 +127,8 @@ class Station:
         wanted = {"watcher": "watcher", "uploader": "uploader"}
         for index in range(1, config.supervisor.converter_workers + 1):
             wanted[f"converter-{index}"] = "converter"
+        if config.metrics.listen:
+            wanted["metrics"] = "metrics"
         for name, kind in wanted.items():
             if name not in self.workers:
                 worker = WorkerProcess(name, kind, config.supervisor, self._worker_changed)
@@ -129,7 +140,9 @@ class Station:
 
     @staticmethod
     def _capacity(kind: str, config: Config) -> int:
-        return {"uploader": config.upload.max_concurrency, "converter": 1}.get(kind, 0)
+        return {"uploader": config.upload.max_concurrency, "converter": 1}.get(
+            kind, 0
+        )  # metrics: 0
 
     def set_title(self, doing: str) -> None:
         setproctitle(f"wats-station[{self.paths.instance}]: supervisor {doing}")
@@ -183,6 +196,9 @@ class Station:
             deadlines += [job.deadline for job in worker.jobs.values() if job.deadline]
         if self.state is not ServiceState.STOPPING:  # stopping: no uploads are dispatched
             deadlines.append(self.uploads.next_wake(now))
+            deadlines.append(self.health.next_due)
+            if self.telemetry.enabled:
+                deadlines.append(self.telemetry.next_due)
         return min(max(0.0, min(deadlines) - now), self.config.supervisor.heartbeat_interval_s)
 
     def _serve_fd(self, fd: int) -> None:
@@ -194,7 +210,8 @@ class Station:
                 self._worker_exited(worker, now)
 
     def _log_worker_line(self, worker: WorkerProcess, line: str) -> None:
-        log.info("%s[%s]: %s", worker.name, worker.popen.pid if worker.popen else "?", line)
+        pid = worker.popen.pid if worker.popen else "?"
+        log.info("%s[%s]: %s", worker.name, pid, line, extra={"worker": worker.name, "line": line})
 
     def _read_signals(self) -> None:
         try:
@@ -220,6 +237,8 @@ class Station:
         else:
             self.conversions.tick(now)
             self.uploads.tick(now)
+            self.health.tick(now)
+            self.telemetry.tick(now)
         if now >= self._next_beat:
             self._send_heartbeats()
             self._next_beat = now + self.config.supervisor.heartbeat_interval_s
@@ -294,8 +313,11 @@ class Station:
     def status_line(self) -> str:
         running = sum(w.state is WorkerState.RUNNING for w in self.workers.values())
         counts = self.queue.stats() if self.queue else {}
+        paused = [kind for kind, stamp in self.pause.as_dict().items() if stamp]
         return (
-            f"{running}/{len(self.workers)} workers running; server {self.uploads.server_state}; "
+            f"{self.health.current['verdict']}; "
+            + (f"{' and '.join(paused)} paused; " if paused else "")
+            + f"{running}/{len(self.workers)} workers running; server {self.uploads.server_state}; "
             f"queue {counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed"
         )
 
@@ -406,6 +428,8 @@ class Station:
                 "converters_folder": config.converters_folder,
                 "station": asdict(config.station),
             }
+        if kind == "metrics":
+            return {"metrics": asdict(config.metrics)}
         return {}
 
     def _send_to(self, worker: WorkerProcess, message: Message) -> bool:
@@ -494,6 +518,15 @@ class Station:
 
     def reload(self) -> dict[str, Any]:
         """Apply a changed config; one that does not validate is refused, the old one stays."""
+        # systemd wants the monotonic time with RELOADING=1 (sd_notify(3), Type=notify-reload).
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=monotonic_usec, STATUS="reloading")
+        try:
+            return self._reload()
+        finally:
+            self.notifier.send(READY=1, STATUS=self.status_line())
+
+    def _reload(self) -> dict[str, Any]:
         try:
             new = load_config(self.paths)
         except ConfigError as error:
@@ -522,6 +555,7 @@ class Station:
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
         self.seq += 1
+        self.telemetry.observe(topic, data)
         body = {
             "epoch": self.epoch,
             "seq": self.seq,
@@ -580,6 +614,8 @@ class Station:
             },
             "queue": self.queue.stats() if self.queue else {},
             "files": self.conversions.stats(),
+            "paused": self.pause.as_dict(),
+            "health": self.health.current,
             "workers": [w.status(now) for w in self.workers.values()],
             "dropped_messages": self.dropped_messages,
             "failed_messages": self.failed_messages,

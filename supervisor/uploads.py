@@ -71,6 +71,8 @@ class Uploads:
 
     def next_wake(self, now: float) -> float:
         """When the loop must tick for us at the latest; answers from workers tick it anyway."""
+        if self.station.pause.uploads:
+            return now + RECHECK_S
         if not self.station.idle_workers("uploader"):
             return now + RECHECK_S
         if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
@@ -80,6 +82,8 @@ class Uploads:
     def tick(self, now: float) -> None:
         if now >= self._next_purge:
             self._purge(now)
+        if self.station.pause.uploads:
+            return  # reports stay queued; nothing is sent, not even a probe
         if self.server_state in (ServerState.OFFLINE, ServerState.UNAUTHORIZED):
             self._probe_if_due(now)
             return
@@ -137,6 +141,8 @@ class Uploads:
             return
         data = body["data"]
         outcome = UploadOutcome(data["outcome"])
+        self.station.telemetry.upload_answered(str(outcome), time.monotonic() - job.started)
+        self._clock(data)
         status, message = data.get("http_status"), data.get("message") or ""
         queue = self.station.queue
         if outcome is UploadOutcome.ACCEPTED:
@@ -200,9 +206,14 @@ class Uploads:
         self.station.queue.release([job.data["report_id"]])
         self.wake()
 
+    def _clock(self, data: dict[str, Any]) -> None:
+        if data.get("clock_skew_s") is not None:
+            self.station.health.clock_skew_s = float(data["clock_skew_s"])
+
     def _probe_done(self, body: dict[str, Any]) -> None:
         self.probe_in_flight = False
         data = body.get("data") or {}
+        self._clock(data)
         outcome = data.get("outcome") if body["ok"] else UploadOutcome.OFFLINE
         if outcome == UploadOutcome.ACCEPTED:
             log.info(

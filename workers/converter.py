@@ -81,7 +81,10 @@ class ConverterWorker(Worker):
             raise JobError(
                 f"converter {name!r} produced no report from {path.name}", converter=name
             )
-        return {"reports": [serialise(report, index, path) for index, report in enumerate(reports)]}
+        return {
+            "reports": [serialise(report, index, path) for index, report in enumerate(reports)],
+            "converter_version": str(getattr(converter, "version", "") or ""),
+        }
 
 
 def serialise(report: Report, index: int, path: Path) -> dict[str, Any]:

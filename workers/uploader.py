@@ -8,6 +8,8 @@ an answer means for the queue. Each pool thread has its own ``requests.Session``
 from __future__ import annotations
 
 import threading
+import time
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -46,6 +48,15 @@ def server_message(response: requests.Response) -> str:
     if isinstance(body, str):
         return body[:MAX_MESSAGE_CHARS]
     return response.text[:MAX_MESSAGE_CHARS] or response.reason or ""
+
+
+def clock_skew(response: requests.Response) -> float | None:
+    """Our clock minus the server's, from its ``Date`` header (whole seconds), or None."""
+    try:
+        server_time = parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return round(time.time() - server_time, 1)
 
 
 def retry_after(response: requests.Response) -> float | None:
@@ -105,6 +116,7 @@ class UploaderWorker(Worker):
             "http_status": response.status_code,
             "message": server_message(response),
             "retry_after_s": retry_after(response) if response.status_code == 429 else None,
+            "clock_skew_s": clock_skew(response),
         }
 
     def probe(self) -> dict[str, Any]:
@@ -123,6 +135,7 @@ class UploaderWorker(Worker):
             "outcome": str(outcome),
             "http_status": response.status_code,
             "message": server_message(response),
+            "clock_skew_s": clock_skew(response),
         }
 
 
