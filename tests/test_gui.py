@@ -24,6 +24,7 @@ from wats_station.gui.converters import ConvertersPage
 from wats_station.gui.events import EventsPage
 from wats_station.gui.files import FilesPage
 from wats_station.gui.instances import InstancesPage, find_instances
+from wats_station.gui.link import Reply
 from wats_station.gui.overview import OverviewPage
 from wats_station.gui.queue import QueuePage
 from wats_station.gui.settings import SettingsPage
@@ -64,15 +65,6 @@ def window(qtbot, station):
     qtbot.waitUntil(lambda: is_ready(main), timeout=WAIT_MS)
     yield main
     main.close()
-
-
-def supports(station, command: str, **args) -> bool:
-    try:
-        station.call(command, **args)
-    except CommandFailed as error:
-        if error.code == "unknown_command":
-            return False
-    return True
 
 
 def page(window: MainWindow, cls):
@@ -147,25 +139,22 @@ def test_overview_queue_and_events_show_the_station_and_their_actions_change_it(
 
 
 @pytest.mark.timeout(90)
-def test_pause_resume_and_files_drive_the_station_or_say_they_need_a_newer_one(
+def test_pause_resume_health_and_reprocessing_a_file_drive_the_station(
     qtbot, station, home, window
 ):
     overview = page(window, OverviewPage)
-    if not supports(station, "get_health"):
-        assert "needs a newer station" in overview.fields["paused"].text()
-        assert not overview.pause_buttons["all"].isEnabled()
-    else:
-        qtbot.waitUntil(lambda: overview.pause_buttons["all"].isEnabled(), timeout=WAIT_MS)
-        qtbot.mouseClick(overview.pause_buttons["uploads"], Qt.MouseButton.LeftButton)
-        wait_until(lambda: station.call("get_status")["paused"]["uploads"], 10, "a pause")
-        assert "uploads paused by" in overview_text(qtbot, overview, "uploads paused")
-        qtbot.mouseClick(overview.resume_button, Qt.MouseButton.LeftButton)
-        wait_until(lambda: not station.call("get_status")["paused"]["uploads"], 10, "resumed")
-        qtbot.waitUntil(lambda: overview.fields["paused"].text() == "no", timeout=WAIT_MS)
-        verdict = station.call("get_health")["verdict"]
-        assert window.verdict[0] == verdict
+    qtbot.waitUntil(lambda: overview.pause_buttons["all"].isEnabled(), timeout=WAIT_MS)
+    qtbot.mouseClick(overview.pause_buttons["uploads"], Qt.MouseButton.LeftButton)
+    wait_until(lambda: station.call("get_status")["paused"]["uploads"], 10, "a pause")
+    assert "paused" in station.cli("status", check=True).stdout
+    qtbot.waitUntil(
+        lambda: "uploads paused by" in overview.fields["paused"].text(), timeout=WAIT_MS
+    )
+    qtbot.mouseClick(overview.resume_button, Qt.MouseButton.LeftButton)
+    wait_until(lambda: not station.call("get_status")["paused"]["uploads"], 10, "resumed")
+    qtbot.waitUntil(lambda: overview.fields["paused"].text() == "no", timeout=WAIT_MS)
 
-    # A bad file ends in Error: live on the Files page, with its reason when listed.
+    # A bad file ends in Error: live on the Files page; the verdict (and the tray) follow.
     drop = station.paths.data_dir / "drop"
     (drop / "csv").mkdir(parents=True, exist_ok=True)
     (drop / "csv" / "broken.csv").write_text("not,a,test,result\n")
@@ -174,10 +163,19 @@ def test_pause_resume_and_files_drive_the_station_or_say_they_need_a_newer_one(
         lambda: any("broken.csv" in row[2] for row in files.recent_rows), timeout=WAIT_MS
     )
     assert any(row[1] == "error" for row in files.recent_rows)
-    if not supports(station, "list_files", limit=1):
-        qtbot.waitUntil(lambda: "needs a newer station" in files.note.text(), timeout=WAIT_MS)
-        assert not files.reprocess.isEnabled()
-        return
+    health = wait_until(
+        lambda: (
+            (h := station.call("get_health"))["verdict"] != "ok"
+            and any("quarantined" in r["message"] for r in h["reasons"])
+            and h
+        ),
+        10,
+        "a verdict that names the quarantined file",
+    )
+    trouble = next(r["message"] for r in health["reasons"] if "quarantined" in r["message"])
+    qtbot.waitUntil(lambda: trouble in overview.verdict.text(), timeout=WAIT_MS)
+    assert window.verdict == (health["verdict"], overview.verdict.text())  # the tray's too
+
     files.state.setCurrentText("error")
     qtbot.waitUntil(lambda: "broken.csv" in files.table.column_texts(0), timeout=WAIT_MS)
     row = files.table.column_texts(0).index("broken.csv")
@@ -185,17 +183,42 @@ def test_pause_resume_and_files_drive_the_station_or_say_they_need_a_newer_one(
     assert files.selected_folder() is None
     click_row(files.table, "broken.csv")
     assert files.selected_folder() == os.path.dirname(files.table.cell_text(row, 6))
-    failed_before = station.call("get_status")["files"]["failed"]
     qtbot.mouseClick(files.reprocess, Qt.MouseButton.LeftButton)
-    # Reprocessing converts it again; still broken, it fails again (one more failure counted).
+    # The station puts it back into its drop folder, as `wats-station files list` shows.
     wait_until(
-        lambda: station.call("get_status")["files"]["failed"] > failed_before, 20, "reprocessed"
+        lambda: "waiting  csv        broken.csv" in station.cli("files", "list").stdout,
+        20,
+        "the file back in its drop folder",
+    )
+    assert (drop / "csv" / "broken.csv").exists()
+    files.state.setCurrentText("all")
+    qtbot.waitUntil(
+        lambda: (
+            ("broken.csv", "waiting") in files_and_states(files)
+            or (
+                ("broken.csv", "error") in files_and_states(files)  # converted and failed again
+                and station.call("get_status")["files"]["failed"] > 1
+            )
+        ),
+        timeout=WAIT_MS,
     )
 
 
-def overview_text(qtbot, overview, needle: str) -> str:
-    qtbot.waitUntil(lambda: needle in overview.fields["paused"].text(), timeout=WAIT_MS)
-    return overview.fields["paused"].text()
+def test_an_older_station_without_pause_health_or_files_is_shown_as_such(qtbot, window):
+    overview = window.page(OverviewPage)
+    status = {k: v for k, v in window.status.items() if k not in ("paused", "health")}
+    overview.show_status(status)
+    assert "needs a newer station" in overview.verdict.text()
+    assert "needs a newer station" in overview.fields["paused"].text()
+    assert not overview.pause_buttons["all"].isEnabled()
+    files = window.page(FilesPage)
+    files._files_fetched(Reply("list_files", False, error="unknown", code="unknown_command"))
+    assert "needs a newer station" in files.note.text()
+    assert not files.reprocess.isEnabled()
+
+
+def files_and_states(files) -> set[tuple[str, str]]:
+    return set(zip(files.table.column_texts(0), files.table.column_texts(2), strict=True))
 
 
 @pytest.mark.timeout(90)

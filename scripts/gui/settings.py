@@ -35,8 +35,14 @@ from wats_station.supervisor.config import (
     parse_config,
 )
 
-# The sections shown as forms (converters have their own page).
-SECTIONS = ("server", "station", "upload", "watch", "supervisor", "logging")
+
+def config_sections() -> list[str]:
+    """Every section of the config, in its order (converters have their own page)."""
+    hints = typing.get_type_hints(Config)
+    return [f.name for f in fields(Config) if hasattr(hints[f.name], "__dataclass_fields__")]
+
+
+SECTIONS = config_sections()
 ERROR_STYLE = "border: 2px solid #c62828;"
 
 

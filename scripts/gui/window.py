@@ -160,6 +160,10 @@ class MainWindow(QMainWindow):
         self._show_verdict()
 
     def _event(self, event: Event) -> None:
+        if event.topic == "health" and self.status is not None:
+            # The event carries the whole verdict: show it now, the status fetch follows.
+            health = {k: v for k, v in event.data.items() if k != "from"}
+            self._apply_status({**self.status, "health": health})
         for page in self.pages:
             page.on_event(event)
         if event.topic.startswith(STATUS_TOPICS) and not self._status_timer.isActive():
