@@ -153,8 +153,9 @@ class OverviewPage(Page):
         health = status.get("health")
         self.reasons.setText(
             "\n".join(
-                f"{r.get('verdict', '?')}  {r.get('check', '?')}: {r.get('message', '')}"
+                f"{r.get('check', '?')} ({r.get('verdict', '?')}): {r.get('message', '')}"
                 for r in (health or {}).get("reasons", [])
+                if r.get("verdict") != "ok"
             )
         )
         server = status["server"]

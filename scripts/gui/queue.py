@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
+    QPlainTextEdit,
     QPushButton,
     QSplitter,
     QTabWidget,
@@ -124,7 +125,9 @@ class QueuePage(Page):
         self.search.setPlaceholderText("filter by id or error text")
         self.search.textChanged.connect(self._show_list)
         self.count = label()
-        self.table = Table(("ID", "State", "Attempts", "HTTP", "Last error", "Created", "Updated"))
+        self.table = Table(
+            ("ID", "State", "Priority", "Attempts", "HTTP", "Last error", "Created", "Updated")
+        )
         self.table.itemSelectionChanged.connect(self._selection_changed)
 
         self.retry = QPushButton("&Retry selected")
@@ -141,8 +144,8 @@ class QueuePage(Page):
         header = QWidget()
         header.setLayout(self.header)
         self.steps = new_tree()
-        self.history = label()
-        self.history.setAlignment(Qt.AlignmentFlag.AlignTop)
+        self.history = QPlainTextEdit()
+        self.history.setReadOnly(True)
         self.details = QTabWidget()
         self.details.addTab(header, "&Header")
         self.details.addTab(self.steps, "S&teps")
@@ -201,6 +204,7 @@ class QueuePage(Page):
                 (
                     r["id"],
                     r["state"],
+                    r.get("priority", ""),  # a station before priorities has none
                     r["attempts"],
                     r["last_http_status"] or "",
                     (r["last_error"] or "").splitlines()[0] if r["last_error"] else "",
@@ -227,7 +231,7 @@ class QueuePage(Page):
 
     def _report_fetched(self, reply: Reply) -> None:
         if not reply.ok:
-            self.history.setText(reply.error)
+            self.history.setPlainText(reply.error)
             return
         entry = reply.result
         report = entry.get("report") or {}
@@ -264,11 +268,15 @@ class QueuePage(Page):
             source = trace.get("source")
             if source:
                 lines.append(f"source file: {json.dumps(source, default=str)}")
+            lines.append("History:")
             for event in trace.get("events") or []:
-                rest = {k: v for k, v in event.items() if k not in ("at", "what")}
-                extra = " ".join(f"{k}={v}" for k, v in rest.items())
-                lines.append(f"{when(event.get('at'))}  {event.get('what')}  {extra}".rstrip())
-        self.history.setText("\n".join(lines))
+                line = f"{when(event.get('at'))}  {event.get('what')}"
+                if event.get("http_status"):
+                    line += f"  HTTP {event['http_status']}"
+                if event.get("detail"):
+                    line += f"  {event['detail']}"
+                lines.append(line)
+        self.history.setPlainText("\n".join(lines))
 
     # -- actions ----------------------------------------------------------------------
 

@@ -105,6 +105,12 @@ def shoot(home: Path, folder: Path, size: tuple[int, ...]) -> int:
                 target = folder / f"{index}-{page.title.lower()}.png"
                 window.grab().save(str(target))
                 print(f"wrote {target}")
+                if page is queue:
+                    queue.details.setCurrentIndex(2)
+                    settle(1)
+                    target = folder / f"{index}b-queue-history.png"
+                    window.grab().save(str(target))
+                    print(f"wrote {target}")
             station.stop()
             window.show_page(0)
             settle(10, lambda: window.banner.isVisible())
