@@ -136,6 +136,8 @@ def test_overview_queue_and_events_show_the_station_and_their_actions_change_it(
     qtbot.waitUntil(lambda: events.table.rowCount() >= 2, timeout=WAIT_MS)
     assert all(rejected in events.table.cell_text(r, 3) for r in range(events.table.rowCount()))
     assert set(ids) <= {json.loads(e[3]).get("id") for e in events.events}
+    events.table.selectRow(0)
+    assert rejected in events.detail.toPlainText()  # the selected event in full
 
 
 @pytest.mark.timeout(90)

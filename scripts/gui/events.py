@@ -7,8 +7,16 @@ import time
 from collections import deque
 from typing import Any
 
-from PySide6.QtCore import QTimer
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLineEdit, QPushButton, QVBoxLayout
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+)
 
 from wats_station.gui.page import Page
 from wats_station.gui.widgets import Table, clock, label
@@ -33,6 +41,10 @@ class EventsPage(Page):
         clear.clicked.connect(self._clear)
         self.count = label(wrap=False)
         self.table = Table(("Time", "Seq", "Topic", "Data"))
+        self.table.itemSelectionChanged.connect(self._show_selected)
+        self.detail = QPlainTextEdit()
+        self.detail.setReadOnly(True)
+        self.detail.setPlaceholderText("the selected event in full")
 
         top = QHBoxLayout()
         top.addWidget(self.filter, 1)
@@ -41,7 +53,11 @@ class EventsPage(Page):
         top.addWidget(self.count)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addWidget(self.table, 1)
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(self.table)
+        split.addWidget(self.detail)
+        split.setSizes([500, 150])
+        layout.addWidget(split, 1)
         self._redraw = QTimer(self)
         self._redraw.setSingleShot(True)
         self._redraw.setInterval(200)  # a storm of events redraws five times a second at most
@@ -70,7 +86,18 @@ class EventsPage(Page):
         rows = self.shown()
         self.count.setText(f"{len(rows)} of {len(self.events)}")
         rows = rows[:SHOWN]
-        self.table.fill(rows, keys=[f"{r[1]}:{r[0]}:{i}" for i, r in enumerate(rows)])
+        self.table.fill(rows, keys=[f"{r[1]}|{r[0]}|{r[2]}" for r in rows])
+
+    def _show_selected(self) -> None:
+        rows = sorted({index.row() for index in self.table.selectedIndexes()})
+        if not rows:
+            return
+        time_, seq, topic, data = (self.table.cell_text(rows[0], c) for c in range(4))
+        try:
+            data = json.dumps(json.loads(data), indent=2, ensure_ascii=False)
+        except ValueError:
+            pass
+        self.detail.setPlainText(f"{time_}  #{seq}  {topic}\n{data}")
 
     def _clear(self) -> None:
         self.events.clear()

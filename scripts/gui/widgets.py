@@ -87,7 +87,10 @@ class Table(QTableWidget):
         for r, row in enumerate(rows):
             key = keys[r] if keys is not None else row[0]
             for c, value in enumerate(row):
-                item = QTableWidgetItem("" if value is None else str(value))
+                text = "" if value is None else str(value)
+                item = QTableWidgetItem(text)
+                if len(text) > 40:
+                    item.setToolTip(text)  # a cut cell can still be read whole
                 item.setData(Qt.ItemDataRole.UserRole, key)
                 self.setItem(r, c, item)
         for r in range(len(rows)):
