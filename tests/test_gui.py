@@ -313,6 +313,19 @@ def test_the_window_follows_a_station_that_stops_dies_and_comes_back(
         lambda: str(window.status["pid"]) in overview.fields["service"].text(), timeout=WAIT_MS
     )
 
+    # Follow the other instance (not running), then come back.
+    instances = page(window, InstancesPage)
+    qtbot.waitUntil(lambda: "ict" in instances.table.column_texts(0), timeout=WAIT_MS)
+    click_row(instances.table, "ict")
+    qtbot.mouseClick(instances.follow, Qt.MouseButton.LeftButton)
+    assert window.instance == "ict"
+    qtbot.waitUntil(lambda: "station 'ict'" in window.banner.text(), timeout=WAIT_MS)
+    assert "wats-station service --instance-id ict" in window.banner.text()
+    qtbot.waitUntil(lambda: "default" in instances.table.column_texts(0), timeout=WAIT_MS)
+    click_row(instances.table, "default")
+    qtbot.keyClick(instances.follow, Qt.Key.Key_Space)
+    qtbot.waitUntil(lambda: is_ready(window) and window.instance == "default", timeout=WAIT_MS)
+
 
 @pytest.mark.timeout(60)
 def test_the_station_saves_only_a_valid_config_and_keeps_the_token(station):

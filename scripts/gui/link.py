@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
 
 from wats_station.ipc.client import (
     CommandFailed,
@@ -77,7 +77,7 @@ class Background(QObject):
         self._pool = QThreadPool(self)
         self._pool.setMaxThreadCount(4)
         self._delivery = _Delivery(self)
-        self._delivery.done.connect(_deliver)
+        self._delivery.done.connect(self._deliver)  # a slot of ours: runs on our (GUI) thread
 
     def run(self, work: Callable[[], Any], on_done: Callable[[Any], None] | None = None) -> None:
         self._pool.start(_Call(self._delivery, on_done or (lambda _result: None), work))
@@ -85,13 +85,13 @@ class Background(QObject):
     def wait(self) -> None:
         self._pool.waitForDone()
 
-
-def _deliver(callback: Callable[[Any], None], result: Any) -> None:
-    try:
-        callback(result)
-    except RuntimeError as error:  # the widget that asked was closed meanwhile
-        if "already deleted" not in str(error):
-            raise
+    @Slot(object, object)
+    def _deliver(self, callback: Callable[[Any], None], result: Any) -> None:
+        try:
+            callback(result)
+        except RuntimeError as error:  # the widget that asked was closed meanwhile
+            if "already deleted" not in str(error):
+                raise
 
 
 class _Call(QRunnable):
@@ -195,10 +195,14 @@ class StationLink(QObject):
     def start(self) -> None:
         self._follower.start()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop following; without ``wait`` the thread ends by itself (the window goes on)."""
         self._follower.stop()
-        self._follower.wait()
-        self._background.wait()
+        if wait:
+            self._follower.wait()
+            self._background.wait()
+        else:
+            self._follower.finished.connect(self.deleteLater)
 
     def call(
         self,
@@ -211,10 +215,12 @@ class StationLink(QObject):
         work = lambda: call_station(self.paths, command, timeout_s, **args)  # noqa: E731
         self._background.run(work, on_done)
 
+    @Slot(dict)
     def _on_connected(self, status: dict) -> None:
         self.is_connected = True
         self.connected.emit(status)
 
+    @Slot(str)
     def _on_disconnected(self, reason: str) -> None:
         self.is_connected = False
         self.disconnected.emit(reason)

@@ -115,8 +115,7 @@ class MainWindow(QMainWindow):
     def connect_to(self, instance: str) -> None:
         """Follow another instance (or the same one afresh)."""
         if self.link is not None:
-            self.link.close()
-            self.link.deleteLater()
+            self.link.close(wait=False)  # a station slow to answer must not hold the window
         self.status = None
         self.link = StationLink(instance_paths(instance), self)
         self.link.connected.connect(self._connected)
@@ -145,7 +144,13 @@ class MainWindow(QMainWindow):
             page.show_status(status)
         self._show_verdict()
 
+    def _current(self) -> bool:
+        """The signal comes from the station followed now, not from one left behind."""
+        return self.sender() is None or self.sender() is self.link
+
     def _connected(self, status: dict[str, Any]) -> None:
+        if not self._current():
+            return
         self.reason = ""
         self._show_connection()
         self._apply_status(status)
@@ -153,6 +158,8 @@ class MainWindow(QMainWindow):
             page.on_connection(True)
 
     def _disconnected(self, reason: str) -> None:
+        if not self._current():
+            return
         self.reason = reason
         self._show_connection()
         for page in self.pages:
@@ -160,6 +167,8 @@ class MainWindow(QMainWindow):
         self._show_verdict()
 
     def _event(self, event: Event) -> None:
+        if not self._current():
+            return
         if event.topic == "health" and self.status is not None:
             # The event carries the whole verdict: show it now, the status fetch follows.
             health = {k: v for k, v in event.data.items() if k != "from"}
