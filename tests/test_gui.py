@@ -274,6 +274,13 @@ def test_converters_try_a_file_and_settings_save_through_the_station(
     qtbot.waitUntil(lambda: "saved to" in settings.message.text(), timeout=WAIT_MS)
     qtbot.waitUntil(lambda: concurrency.text() == "3", timeout=WAIT_MS)
 
+    # The file edited by hand: "Reload the file" makes the station read it again.
+    file["upload"]["max_concurrency"] = 4
+    station.paths.config_file.write_text(json.dumps(file))
+    qtbot.mouseClick(settings.reload_button, Qt.MouseButton.LeftButton)
+    wait_until(lambda: station.call("get_config")["upload"]["max_concurrency"] == 4, 10)
+    qtbot.waitUntil(lambda: concurrency.text() == "4", timeout=WAIT_MS)
+
 
 @pytest.mark.timeout(90)
 def test_the_window_follows_a_station_that_stops_dies_and_comes_back(

@@ -237,7 +237,7 @@ class OverviewPage(Page):
         )
 
     def on_connection(self, connected: bool) -> None:
-        for button in (*self.worker_buttons.values(),):
+        for button in self.worker_buttons.values():
             button.setEnabled(connected)
         if not connected:
             self.facts.setEnabled(False)
@@ -245,7 +245,7 @@ class OverviewPage(Page):
                 self.fields["service"].setText("not answering (below: the last known state)")
             self.verdict.setText("Not connected")
             set_tone(self.verdict, "offline")
-            self.reasons.setText(self.main.reason if hasattr(self.main, "reason") else "")
+            self.reasons.setText(getattr(self.main, "reason", ""))  # "" while it is being built
             self._enable_pause(False)
 
     def _enable_pause(self, enabled: bool) -> None:

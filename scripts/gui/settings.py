@@ -75,6 +75,11 @@ class SettingsPage(Page):
         self.save_button = QPushButton("&Save and apply")
         self.discard_button = QPushButton("&Discard changes")
         self.check_button = QPushButton("C&heck")
+        self.reload_button = QPushButton("Re&load the file")
+        self.reload_button.setToolTip(
+            "the station reads its config file again (after it was edited by hand)"
+        )
+        self.reload_button.clicked.connect(self.reload_file)
         self.save_button.clicked.connect(self.save)
         self.discard_button.clicked.connect(self.refresh)
         self.check_button.clicked.connect(self.check)
@@ -97,7 +102,12 @@ class SettingsPage(Page):
         scroll.setWidget(form_widget)
 
         buttons = QHBoxLayout()
-        for button in (self.save_button, self.check_button, self.discard_button):
+        for button in (
+            self.save_button,
+            self.check_button,
+            self.discard_button,
+            self.reload_button,
+        ):
             buttons.addWidget(button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
@@ -213,6 +223,18 @@ class SettingsPage(Page):
         self._fetched(reply)
         if reply.ok:
             self.show_message(text)
+
+    def reload_file(self) -> None:
+        self.call("reload", self._reloaded)
+
+    def _reloaded(self, reply: Reply) -> None:
+        if not reply.ok:
+            self.show_message(f"not reloaded: {reply.error}", error=True)
+            self._mark(reply.error)
+            return
+        restarted = ", ".join(reply.result.get("restarted") or []) or "no worker"
+        self.show_message(f"the station read its file again; restarted: {restarted}")
+        self.call("get_config", self._refetched)
 
     def _mark(self, message: str) -> None:
         for path, (widget, _) in self.inputs.items():
