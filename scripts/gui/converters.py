@@ -116,8 +116,7 @@ class ConvertersPage(Page):
 
     def try_file(self, path: str, converter: str | None = None) -> None:
         if self.process is not None:
-            self.process.kill()
-            self.process.waitForFinished(1000)
+            self.process.kill()  # its end is ignored: only the latest trial is shown
         self.tree.clear()
         self.output.setPlainText("")
         self.trial.setText(f"converting {path} with {converter or 'the first matching converter'}")
