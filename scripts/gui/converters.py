@@ -130,6 +130,7 @@ class ConvertersPage(Page):
 
     def _tried(self, process: QProcess, code: int, path: str) -> None:
         if process is not self.process:
+            process.deleteLater()
             return
         self.process = None
         out = bytes(process.readAllStandardOutput().data()).decode("utf-8", "replace")
