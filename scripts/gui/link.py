@@ -8,7 +8,8 @@ until it comes back, when a fresh snapshot arrives as ``connected``.
 
 ``link.call(command, on_done, **args)`` runs one control command on a thread pool (a fresh
 client each time, as zmq sockets belong to one thread) and hands ``Reply`` back on the
-GUI thread. Nothing here ever blocks the window.
+GUI thread. Nothing here ever blocks the window. The threads are Python threads talking to
+the GUI through queued signals: the GUI thread never waits for them while holding the GIL.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slot
+from PySide6.QtCore import QObject, Signal, Slot
 
 from wats_station.ipc.client import (
     CommandFailed,
@@ -66,24 +68,43 @@ def call_station(paths: InstancePaths, command: str, timeout_s: float, **args: A
 
 
 class _Delivery(QObject):
-    done = Signal(object, object)  # callback, Reply
+    done = Signal(object, object)  # callback, result
 
 
 class Background(QObject):
-    """Runs work on a small thread pool and hands its result to a callback on the GUI thread."""
+    """Runs work on a few Python threads and hands each result to its callback on the GUI thread.
+
+    Python threads, not a QThreadPool: waiting for Qt's threads while holding the GIL can
+    deadlock with a thread that needs it to finish; nothing here ever waits on the GUI thread
+    except ``wait`` when the window closes (a Python join, which lets the others run).
+    """
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._pool = QThreadPool(self)
-        self._pool.setMaxThreadCount(4)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="wats-gui")
         self._delivery = _Delivery(self)
         self._delivery.done.connect(self._deliver)  # a slot of ours: runs on our (GUI) thread
 
     def run(self, work: Callable[[], Any], on_done: Callable[[Any], None] | None = None) -> None:
-        self._pool.start(_Call(self._delivery, on_done or (lambda _result: None), work))
+        callback = on_done or (lambda _result: None)
+        try:
+            self._pool.submit(self._work, work, callback)
+        except RuntimeError:
+            pass  # shut down: the window is going away
+
+    def _work(self, work: Callable[[], Any], callback: Callable[[Any], None]) -> None:
+        result = work()
+        try:
+            self._delivery.done.emit(callback, result)
+        except RuntimeError:
+            pass  # the receiver was deleted meanwhile: nobody waits for this answer
 
     def wait(self) -> None:
-        self._pool.waitForDone()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abandon(self) -> None:
+        """Let running work end by itself; its results go nowhere."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     @Slot(object, object)
     def _deliver(self, callback: Callable[[Any], None], result: Any) -> None:
@@ -94,38 +115,50 @@ class Background(QObject):
                 raise
 
 
-class _Call(QRunnable):
-    def __init__(self, delivery: _Delivery, callback: Callable[[Reply], None], work: Any) -> None:
-        super().__init__()
-        self.delivery, self.callback, self.work = delivery, callback, work
-
-    def run(self) -> None:
-        self.delivery.done.emit(self.callback, self.work())
-
-
-class _Follower(QThread):
-    """Connects, follows events, pings when quiet, reconnects; never touches widgets."""
-
+class _FollowerSignals(QObject):
     connected = Signal(dict)
     disconnected = Signal(str)
     event = Signal(object)
 
-    def __init__(self, paths: InstancePaths) -> None:
-        super().__init__()
+
+class _Follower:
+    """Connects, follows events, pings when quiet, reconnects; never touches widgets.
+
+    Runs on a Python thread of its own and speaks through ``signals`` (queued to the GUI
+    thread); once those are deleted or ``stop`` is called, it ends by itself.
+    """
+
+    def __init__(self, paths: InstancePaths, signals: _FollowerSignals) -> None:
         self.paths = paths
+        self.signals = signals
         self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"wats-gui-follow-{paths.instance}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def run(self) -> None:
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _emit(self, signal_name: str, value: Any) -> None:
+        try:
+            getattr(self.signals, signal_name).emit(value)
+        except RuntimeError:  # the link was deleted: nobody listens any more
+            self._stop.set()
+
+    def _run(self) -> None:
         reason = ""
         while not self._stop.is_set():
             stream, why = self._connect()
             if stream is None:
                 if why != reason:
                     reason = why
-                    self.disconnected.emit(why)
+                    self._emit("disconnected", why)
                 self._stop.wait(RETRY_S)
                 continue
             reason = ""
@@ -135,7 +168,7 @@ class _Follower(QThread):
                 stream.close()
             if not self._stop.is_set():
                 reason = why
-                self.disconnected.emit(why)
+                self._emit("disconnected", why)
 
     def _connect(self) -> tuple[EventStream | None, str]:
         ping = call_station(self.paths, "ping", PING_TIMEOUT_S)
@@ -143,10 +176,14 @@ class _Follower(QThread):
             return None, ping.error
         try:
             stream = EventStream(paths=self.paths)
+        except StationUnavailable as error:
+            return None, str(error)
+        try:
             snapshot = stream.snapshot()
         except (StationUnavailable, CommandFailed) as error:
+            stream.close()
             return None, str(error)
-        self.connected.emit(snapshot.data)
+        self._emit("connected", snapshot.data)
         return stream, ""
 
     def _follow(self, stream: EventStream) -> str:
@@ -159,9 +196,9 @@ class _Follower(QThread):
             if event is not None:
                 last_sign = time.monotonic()
                 if event.topic == "resync":
-                    self.connected.emit(event.data)
+                    self._emit("connected", event.data)
                 else:
-                    self.event.emit(event)
+                    self._emit("event", event)
                 continue
             if time.monotonic() - last_sign > QUIET_S:
                 ping = call_station(self.paths, "ping", PING_TIMEOUT_S)
@@ -183,10 +220,11 @@ class StationLink(QObject):
         self.paths = paths
         self.is_connected = False
         self._background = Background(self)
-        self._follower = _Follower(paths)
-        self._follower.connected.connect(self._on_connected)
-        self._follower.disconnected.connect(self._on_disconnected)
-        self._follower.event.connect(self.event)
+        signals = _FollowerSignals(self)
+        signals.connected.connect(self._on_connected)
+        signals.disconnected.connect(self._on_disconnected)
+        signals.event.connect(self.event)
+        self._follower = _Follower(paths, signals)
 
     @property
     def instance(self) -> str:
@@ -196,13 +234,14 @@ class StationLink(QObject):
         self._follower.start()
 
     def close(self, wait: bool = True) -> None:
-        """Stop following; without ``wait`` the thread ends by itself (the window goes on)."""
+        """Stop following. With ``wait`` (the window closes) until the threads have ended;
+        without, they end by themselves while the window goes on."""
         self._follower.stop()
         if wait:
-            self._follower.wait()
+            self._follower.join(PING_TIMEOUT_S + 6.0)  # at worst a ping and a snapshot
             self._background.wait()
         else:
-            self._follower.finished.connect(self.deleteLater)
+            self._background.abandon()
 
     def call(
         self,

@@ -123,7 +123,7 @@ class OverviewPage(Page):
         for button in self.worker_buttons.values():
             worker_row.addWidget(button)
         worker_row.addStretch(1)
-        worker_box = QGroupBox("Workers")
+        self.worker_box = worker_box = QGroupBox("Workers")
         worker_layout = QVBoxLayout(worker_box)
         worker_layout.addWidget(self.workers)
         worker_layout.addLayout(worker_row)
@@ -237,8 +237,7 @@ class OverviewPage(Page):
         )
 
     def on_connection(self, connected: bool) -> None:
-        for button in self.worker_buttons.values():
-            button.setEnabled(connected)
+        self.worker_box.setEnabled(connected)  # greyed: the last known workers
         if not connected:
             self.facts.setEnabled(False)
             if self.status is not None:

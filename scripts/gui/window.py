@@ -116,6 +116,7 @@ class MainWindow(QMainWindow):
         """Follow another instance (or the same one afresh)."""
         if self.link is not None:
             self.link.close(wait=False)  # a station slow to answer must not hold the window
+            self.link.deleteLater()  # its threads notice and end; their news goes nowhere
         self.status = None
         self.link = StationLink(instance_paths(instance), self)
         self.link.connected.connect(self._connected)
