@@ -183,7 +183,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         while deadline is None or time.monotonic() < deadline:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             event = stream.next(remaining)
-            if event is not None:
+            # The figures for the metrics worker come every second: shown only when asked for.
+            if event is not None and (event.topic != "metrics" or args.topic):
                 print_event(event, args.json)
     return 0
 

@@ -12,8 +12,9 @@ while it is up::
     python -m wats_station.emulator --port 8080 --token secret --verbose
 
 Report ids are compared as UUIDs, so they are stored and listed in canonical lower-case form.
-Faults other than ``unauthorized``, ``latency_ms`` and ``down`` apply to report POSTs only, so the
-connectivity check keeps answering while uploads fail.
+Faults other than ``unauthorized``, ``latency_ms``, ``down`` and ``clock_offset_s`` (which shifts
+the ``Date`` header of every answer, as a server with a wrong clock would) apply to report POSTs
+only, so the connectivity check keeps answering while uploads fail.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ FAULTS: dict[str, tuple[Any, Callable[[object], Any]]] = {
     "drop_rate": (0.0, _rate),
     "drop_after_store_rate": (0.0, _rate),
     "down": (False, _flag),
+    "clock_offset_s": (0.0, _number(-math.inf, math.inf, False, "a number of seconds")),
 }
 
 
@@ -213,6 +215,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._handle("GET")
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        offset = self.server.emulator.faults()["clock_offset_s"]
+        return super().date_time_string((time.time() if timestamp is None else timestamp) + offset)
 
     def do_POST(self) -> None:
         self._handle("POST")

@@ -120,29 +120,36 @@ def list_files(
         ]
     for conv in convs:
         if state in (None, "waiting"):
-            for e in _entries(conv.watch_folder):
-                if _matches(e.name, conv) and e.path not in converting:
-                    live = "path = ? AND state = 'recorded'"
-                    found.append(
-                        _entry(
-                            e.path,
-                            conv.name,
-                            "waiting",
-                            _record(queue, live, (stored_path(e.path),)),
-                        )
-                    )
+            found += _waiting(queue, conv, converting)
         if state in (None, "error"):
-            for e in _entries(conv.error_folder):
-                if e.name.endswith(SIDECAR_SUFFIX) or e.name.startswith("."):
-                    continue
-                record = _record(
-                    queue, "final_path = ? AND state = 'failed'", (stored_path(e.path),)
-                )
-                reason = read_sidecar(Path(e.path)).get("error")
-                found.append(_entry(e.path, conv.name, "error", record, reason))
+            found += _quarantined(queue, conv)
     if state in (None, "done"):
         found += _done(queue, [c.name for c in convs], limit)
     return found[:limit]
+
+
+def _waiting(
+    queue: ReportQueue, conv: ConverterSettings, converting: dict[str, str]
+) -> list[dict[str, Any]]:
+    """Files in the drop folder that no converter holds right now (recorded or not yet)."""
+    waiting = []
+    for e in _entries(conv.watch_folder):
+        if _matches(e.name, conv) and e.path not in converting:
+            record = _record(queue, "path = ? AND state = 'recorded'", (stored_path(e.path),))
+            waiting.append(_entry(e.path, conv.name, "waiting", record))
+    return waiting
+
+
+def _quarantined(queue: ReportQueue, conv: ConverterSettings) -> list[dict[str, Any]]:
+    """Files in the error folder, with the reason from their sidecar."""
+    quarantined = []
+    for e in _entries(conv.error_folder):
+        if e.name.endswith(SIDECAR_SUFFIX) or e.name.startswith("."):
+            continue
+        record = _record(queue, "final_path = ? AND state = 'failed'", (stored_path(e.path),))
+        reason = read_sidecar(Path(e.path)).get("error")
+        quarantined.append(_entry(e.path, conv.name, "error", record, reason))
+    return quarantined
 
 
 def _done(queue: ReportQueue, converters: list[str], limit: int) -> list[dict[str, Any]]:

@@ -494,15 +494,15 @@ class ReportQueue:
         rows = _report_rows(reports)
         with self._write():
             self._check_source(source_id, "commit the conversion of", SourceState.RECORDED)
-            self._upsert(rows, source_id)
             now = self._now()
+            detail = f"{len(rows)} report(s); converter version {converter_version or 'unknown'}"
+            self._sql(trail.INSERT, (now, source_id, None, "converted", None, detail))
+            self._upsert(rows, source_id)
             self._sql(
                 "UPDATE source_file SET state = 'converted', report_count = ?, last_error = NULL, "
                 "updated_at = ? WHERE id = ?",
                 (len(rows), now, source_id),
             )
-            detail = f"{len(rows)} report(s); converter version {converter_version or 'unknown'}"
-            self._sql(trail.INSERT, (now, source_id, None, "converted", None, detail))
 
     def record_crash(self, source_id: int, error: str) -> int:
         """Count a converter crash against the file; returns how many it has caused so far."""

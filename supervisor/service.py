@@ -40,6 +40,7 @@ from wats_station.supervisor.config import Config, ConfigError, load_config
 from wats_station.supervisor.conversions import Conversions
 from wats_station.supervisor.health import Health
 from wats_station.supervisor.lock import InstanceLock
+from wats_station.supervisor.logs import setup_logging
 from wats_station.supervisor.notify import Notifier
 from wats_station.supervisor.pause import Pause
 from wats_station.supervisor.process import Job, WorkerProcess, worker_command
@@ -140,9 +141,8 @@ class Station:
 
     @staticmethod
     def _capacity(kind: str, config: Config) -> int:
-        return {"uploader": config.upload.max_concurrency, "converter": 1}.get(
-            kind, 0
-        )  # metrics: 0
+        # The watcher and the metrics worker run no jobs.
+        return {"uploader": config.upload.max_concurrency, "converter": 1}.get(kind, 0)
 
     def set_title(self, doing: str) -> None:
         setproctitle(f"wats-station[{self.paths.instance}]: supervisor {doing}")
@@ -210,8 +210,9 @@ class Station:
                 self._worker_exited(worker, now)
 
     def _log_worker_line(self, worker: WorkerProcess, line: str) -> None:
-        pid = worker.popen.pid if worker.popen else "?"
-        log.info("%s[%s]: %s", worker.name, pid, line, extra={"worker": worker.name, "line": line})
+        pid = worker.popen.pid if worker.popen else None
+        extra = {"worker": worker.name, "worker_pid": pid, "line": line}
+        log.info("%s[%s]: %s", worker.name, pid or "?", line, extra=extra)
 
     def _read_signals(self) -> None:
         try:
@@ -535,9 +536,11 @@ class Station:
         old, self.config = self.config, new
         changed = [
             kind
-            for kind in ("watcher", "converter", "uploader")
+            for kind in STOP_ORDER
             if self.worker_settings(kind, old) != self.worker_settings(kind, new)
         ]
+        if old.logging != new.logging:
+            setup_logging(self.paths, new.logging)
         if old.supervisor != new.supervisor:
             for worker in self.workers.values():
                 worker.settings = new.supervisor
@@ -615,7 +618,7 @@ class Station:
             "queue": self.queue.stats() if self.queue else {},
             "files": self.conversions.stats(),
             "paused": self.pause.as_dict(),
-            "health": self.health.current,
+            "health": self.health.evaluate(now),
             "workers": [w.status(now) for w in self.workers.values()],
             "dropped_messages": self.dropped_messages,
             "failed_messages": self.failed_messages,

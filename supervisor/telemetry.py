@@ -51,8 +51,11 @@ class Telemetry:
         elif topic == "report.queued":
             self.reports_queued += 1
 
-    def upload_answered(self, outcome: str, latency_s: float) -> None:
+    def upload_answered(self, outcome: str, latency_s: float | None) -> None:
+        """Count one upload's outcome; its round trip too, unless there was none (lost)."""
         self.uploads[outcome] += 1
+        if latency_s is None:
+            return
         self.latency_sum += latency_s
         self.latency_count += 1
         for index, bound in enumerate(LATENCY_BUCKETS):
@@ -102,7 +105,7 @@ class Telemetry:
             "workers_running": sum(w.pid is not None for w in station.workers.values()),
             "loop_lag_s": self.loop_lag_s,
             "queue_bytes": queue_bytes(queue.path),
-            "health": station.health.current,
+            "health": station.health.evaluate(now),  # fresh, so it agrees with the counts
             "paused": station.pause.as_dict(),
             "server_state": str(station.uploads.server_state),
         }

@@ -136,6 +136,7 @@ class Uploads:
         self.wake()  # a slot is free, and the retry schedule may have changed
         report_id = job.data["report_id"]
         if not body["ok"]:  # the uploader itself failed: a bug, not the server's answer
+            self.station.telemetry.upload_answered("uploader_error", time.monotonic() - job.started)
             error = (body.get("error") or {}).get("message", "uploader error")
             self._retry(report_id, job, f"uploader error: {error}", None, count_attempt=True)
             return
@@ -203,6 +204,7 @@ class Uploads:
         if job.kind == JobKind.PROBE:
             self.probe_in_flight = False
             return
+        self.station.telemetry.upload_answered("lost", None)
         self.station.queue.release([job.data["report_id"]])
         self.wake()
 

@@ -45,6 +45,7 @@ def test_metrics_parse_and_agree_with_the_queue_and_the_server(make_station, hom
                 "server": {"url": emulator.url, "token": TOKEN},
                 "watch": {"debounce_s": 0.1, "rescan_interval_s": 0.5},
                 "metrics": {"listen": f"127.0.0.1:{port}", "interval_s": 0.2},
+                "upload": {"retry_base_s": 0.2, "retry_cap_s": 0.5, "probe_cap_s": 0.3},
             }
         )
         assert station.worker("metrics")["state"] == "running"
@@ -63,11 +64,9 @@ def test_metrics_parse_and_agree_with_the_queue_and_the_server(make_station, hom
 
         def caught_up() -> dict:
             samples = scrape(base)
-            return (
-                samples
-                if samples[("wats_station_reports", (("state", "completed"),))] == completed
-                else {}
-            )
+            done = samples[("wats_station_reports", (("state", "completed"),))] == completed
+            failed = ("wats_station_files_total", (("converter", "csv"), ("outcome", "failed")))
+            return samples if done and samples.get(failed) == 1 else {}
 
         samples = wait_until(caught_up, 10, "a snapshot taken after the run")
         accepted = samples[("wats_station_uploads_total", (("outcome", "accepted"),))]
@@ -125,6 +124,34 @@ def test_metrics_are_off_by_default_and_a_bad_address_is_refused(make_station):
     result = bad.cli("config", "validate")
     assert result.returncode == 2
     assert "metrics.listen: must be empty (off) or host:port" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_metrics_enabled_by_reload_on_a_busy_port_crash_loop_until_the_port_is_free(make_station):
+    config = {"supervisor": {"crash_loop_after": 2}, "health": {"interval_s": 0.1}}
+    station = make_station(config=config)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    port = squatter.getsockname()[1]
+    try:
+        station.write_config({**config, "metrics": {"listen": f"127.0.0.1:{port}"}})
+        assert "metrics" in station.call("reload")["restarted"]
+        station.wait_worker("metrics", lambda w: w["state"] == "crash-looping", 20)
+        health = station.call("get_health")
+        assert health["verdict"] == "degraded"  # metrics are not the pipeline: not failing
+        assert health["reasons"][0]["message"] == "crash-looping: metrics"
+        assert "Address already in use" in station.output()
+    finally:
+        squatter.close()
+    station.wait_worker("metrics", lambda w: w["state"] == "running", 20)
+    live = wait_until(
+        lambda: requests.get(f"http://127.0.0.1:{port}/health/live", timeout=2).status_code == 200,
+        10,
+        "the metrics worker to serve once the port is free",
+    )
+    assert live
+    wait_until(lambda: station.call("get_health")["verdict"] == "ok", 10, "health ok again")
 
 
 def _report() -> dict:

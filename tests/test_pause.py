@@ -67,11 +67,14 @@ def test_pause_during_a_stream_loses_nothing_and_delivers_everything_once_after_
 
         # Paused: the new files stay in the drop folder, the new reports stay queued.
         wait_until(
-            lambda: station.call("list_files", state="waiting").__len__() >= 4,
+            lambda: len(station.call("list_files", state="waiting")) >= 4,
             10,
             "the paused files to be listed as waiting",
         )
         assert emulator.stats()["received"] - received_at_pause <= 5  # only uploads in flight
+        wait_until(
+            lambda: station.call("get_queue_stats")["processing"] == 0, 10, "uploads in flight"
+        )
         sent_while_paused = emulator.stats()["received"]
 
         # A restart keeps the pause (and the files and reports).
@@ -118,6 +121,9 @@ def test_pause_one_kind_at_a_time_and_on_a_stopped_station(make_station):
     paused = station.call("get_status")["paused"]
     assert paused["conversions"]["by"] == "ann@line-3"
     assert paused["uploads"]["by"] != "ann@line-3"  # the first pause keeps who paused it
+    text = station.cli("status", check=True).stdout
+    assert "paused     conversions (by ann@line-3 at " in text
+    assert "health     degraded" in text and "paused: uploads paused by " in text
     station.call("resume", what="uploads")
     paused = station.call("get_status")["paused"]
     assert paused["uploads"] is None and paused["conversions"]["by"] == "ann@line-3"

@@ -76,7 +76,7 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
     )
     uploads = CounterMetricFamily(
         f"{PREFIX}_uploads",
-        "Upload answers since the station started, by outcome class",
+        "Uploads since the station started, by outcome class (lost: the uploader died)",
         labels=["outcome"],
     )
     for outcome, n in sorted(snap["uploads"].items()):
