@@ -36,6 +36,8 @@ class EventsPage(Page):
         self.filter.setPlaceholderText("filter: topic or text, e.g. report.failed or a file name")
         self.filter.textChanged.connect(self._show)
         self.hold = QCheckBox("&Hold the display")
+        # The metrics figures come every second when metrics are on: shown only when asked.
+        self.metrics = QCheckBox("&Metrics too")
         self.hold.toggled.connect(lambda held: None if held else self._show())
         clear = QPushButton("C&lear")
         clear.clicked.connect(self._clear)
@@ -49,6 +51,7 @@ class EventsPage(Page):
         top = QHBoxLayout()
         top.addWidget(self.filter, 1)
         top.addWidget(self.hold)
+        top.addWidget(self.metrics)
         top.addWidget(clear)
         top.addWidget(self.count)
         layout = QVBoxLayout(self)
@@ -64,6 +67,8 @@ class EventsPage(Page):
         self._redraw.timeout.connect(self._show)
 
     def on_event(self, event: Event) -> None:
+        if event.topic == "metrics" and not self.metrics.isChecked():
+            return
         self.add(event.time, str(event.seq), event.topic, event.data)
 
     def on_connection(self, connected: bool) -> None:
