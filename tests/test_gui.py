@@ -15,7 +15,7 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display needed, as in CI
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QLineEdit
 
@@ -350,6 +350,22 @@ def test_the_station_saves_only_a_valid_config_and_keeps_the_token(station):
     assert document["watch"]["debounce_s"] == 0.5
     assert document["supervisor"]["heartbeat_interval_s"] == 0.2  # the rest is kept
     assert station.call("get_config")["watch"]["debounce_s"] == 0.5
+
+
+def test_the_installed_qt_keeps_python_reference_counts(qapp):
+    # PySide6 6.12.0 on Python 3.11 lost a reference to True on every emit and to None on
+    # every sender() returning None: the window aborted after some thousand signals.
+    class Probe(QObject):
+        ping = Signal(object)
+
+    probe = Probe()
+    probe.ping.connect(lambda _value: None)
+    before = sys.getrefcount(True), sys.getrefcount(None)
+    for _ in range(1000):
+        probe.ping.emit(None)
+        probe.sender()
+    assert abs(sys.getrefcount(True) - before[0]) < 50
+    assert abs(sys.getrefcount(None) - before[1]) < 50
 
 
 def test_merging_changes_lays_sections_over_the_file():

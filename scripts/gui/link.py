@@ -116,7 +116,7 @@ class Background(QObject):
 
 
 class _FollowerSignals(QObject):
-    connected = Signal(dict)
+    connected = Signal(object)  # a dict; typed "dict", PySide6 converts it and miscounts None
     disconnected = Signal(str)
     event = Signal(object)
 
@@ -211,7 +211,7 @@ class _Follower:
 class StationLink(QObject):
     """One station as the window sees it; emits on the GUI thread."""
 
-    connected = Signal(dict)  # a full status: on connect, after a restart, after a gap
+    connected = Signal(object)  # a full status (dict): on connect, after a restart, a gap
     disconnected = Signal(str)  # why, in words (with how to start the station)
     event = Signal(object)  # an ipc.client.Event
 
@@ -254,7 +254,7 @@ class StationLink(QObject):
         work = lambda: call_station(self.paths, command, timeout_s, **args)  # noqa: E731
         self._background.run(work, on_done)
 
-    @Slot(dict)
+    @Slot(object)
     def _on_connected(self, status: dict) -> None:
         self.is_connected = True
         self.connected.emit(status)

@@ -81,7 +81,7 @@ class SettingsPage(Page):
         )
         self.reload_button.clicked.connect(self.reload_file)
         self.save_button.clicked.connect(self.save)
-        self.discard_button.clicked.connect(self.refresh)
+        self.discard_button.clicked.connect(self.discard)
         self.check_button.clicked.connect(self.check)
 
         form_widget = QWidget()
@@ -159,7 +159,10 @@ class SettingsPage(Page):
                 )
             else:
                 widget.setText(str(value))
-        self.show_message("")
+
+    def discard(self) -> None:
+        self.show_message("the station's values again")
+        self.refresh()
 
     # -- checking and saving ----------------------------------------------------------
 
@@ -216,13 +219,7 @@ class SettingsPage(Page):
             return
         restarted = ", ".join(reply.result.get("restarted") or []) or "no worker"
         self.show_message(f"saved to {reply.result['saved']}; restarted: {restarted}")
-        self.call("get_config", self._refetched)
-
-    def _refetched(self, reply: Reply) -> None:
-        text = self.message.text()
-        self._fetched(reply)
-        if reply.ok:
-            self.show_message(text)
+        self.call("get_config", self._fetched)
 
     def reload_file(self) -> None:
         self.call("reload", self._reloaded)
@@ -234,7 +231,7 @@ class SettingsPage(Page):
             return
         restarted = ", ".join(reply.result.get("restarted") or []) or "no worker"
         self.show_message(f"the station read its file again; restarted: {restarted}")
-        self.call("get_config", self._refetched)
+        self.call("get_config", self._fetched)
 
     def _mark(self, message: str) -> None:
         for path, (widget, _) in self.inputs.items():

@@ -118,10 +118,12 @@ class MainWindow(QMainWindow):
             self.link.close(wait=False)  # a station slow to answer must not hold the window
             self.link.deleteLater()  # its threads notice and end; their news goes nowhere
         self.status = None
-        self.link = StationLink(instance_paths(instance), self)
-        self.link.connected.connect(self._connected)
-        self.link.disconnected.connect(self._disconnected)
-        self.link.event.connect(self._event)
+        link = self.link = StationLink(instance_paths(instance), self)
+        # Each handler learns which link spoke, so news from one left behind is dropped.
+        # (Not QObject.sender(): in PySide6 6.12 it miscounts None's references.)
+        link.connected.connect(lambda status: self._connected(link, status))
+        link.disconnected.connect(lambda reason: self._disconnected(link, reason))
+        link.event.connect(lambda event: self._event(link, event))
         self.reason = f"connecting to station '{instance}' ..."
         self._show_connection()
         self.link.start()
@@ -145,12 +147,8 @@ class MainWindow(QMainWindow):
             page.show_status(status)
         self._show_verdict()
 
-    def _current(self) -> bool:
-        """The signal comes from the station followed now, not from one left behind."""
-        return self.sender() is None or self.sender() is self.link
-
-    def _connected(self, status: dict[str, Any]) -> None:
-        if not self._current():
+    def _connected(self, link: StationLink, status: dict[str, Any]) -> None:
+        if link is not self.link:
             return
         self.reason = ""
         self._show_connection()
@@ -158,8 +156,8 @@ class MainWindow(QMainWindow):
         for page in self.pages:
             page.on_connection(True)
 
-    def _disconnected(self, reason: str) -> None:
-        if not self._current():
+    def _disconnected(self, link: StationLink, reason: str) -> None:
+        if link is not self.link:
             return
         self.reason = reason
         self._show_connection()
@@ -167,8 +165,8 @@ class MainWindow(QMainWindow):
             page.on_connection(False)
         self._show_verdict()
 
-    def _event(self, event: Event) -> None:
-        if not self._current():
+    def _event(self, link: StationLink, event: Event) -> None:
+        if link is not self.link:
             return
         if event.topic == "health" and self.status is not None:
             # The event carries the whole verdict: show it now, the status fetch follows.
