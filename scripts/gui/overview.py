@@ -20,7 +20,15 @@ from PySide6.QtWidgets import (
 
 from wats_station.gui.link import Reply
 from wats_station.gui.page import Page
-from wats_station.gui.widgets import NEEDS_NEWER, Table, ago, format_duration, label, set_tone
+from wats_station.gui.widgets import (
+    NEEDS_NEWER,
+    RECEIVED_AT,
+    Table,
+    ago,
+    format_duration,
+    label,
+    set_tone,
+)
 from wats_station.ipc.client import Event
 
 THROUGHPUT_WINDOW_S = 300.0
@@ -57,7 +65,6 @@ class OverviewPage(Page):
     def __init__(self, main: Any) -> None:
         super().__init__(main)
         self.status: dict[str, Any] | None = None
-        self.fetched_at = time.monotonic()
         self.done: deque[tuple[float, str]] = deque()  # (time, "report" | "file")
 
         self.verdict = label(bold=True)
@@ -145,7 +152,6 @@ class OverviewPage(Page):
 
     def show_status(self, status: dict[str, Any]) -> None:
         self.status = status
-        self.fetched_at = time.monotonic()
         self.facts.setEnabled(True)
         tone, text = verdict_of(status)
         self.verdict.setText(text)
@@ -200,7 +206,7 @@ class OverviewPage(Page):
         status = self.status
         if status is None or not self.facts.isEnabled():
             return
-        since = time.monotonic() - self.fetched_at
+        since = time.monotonic() - status.get(RECEIVED_AT, time.monotonic())
         self.fields["service"].setText(
             f"{status['state']}, pid {status['pid']}, "
             f"up {format_duration(status['uptime_s'] + since)}"

@@ -28,6 +28,7 @@ TONES = {
     "unknown": "#1565c0",
 }
 NEEDS_NEWER = "needs a newer station"
+RECEIVED_AT = "_received_at"  # the window's own key in a status: time.monotonic() when it came
 
 
 def label(text: str = "", *, bold: bool = False, wrap: bool = True) -> QLabel:
@@ -151,6 +152,7 @@ def when(value: Any) -> str:
 
 __all__ = [
     "NEEDS_NEWER",
+    "RECEIVED_AT",
     "TONES",
     "Table",
     "ago",

@@ -7,6 +7,7 @@ fast polling); each page gets it, and every event, to show what is its own.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,7 @@ from wats_station.gui.overview import OverviewPage, verdict_of
 from wats_station.gui.page import Page
 from wats_station.gui.queue import QueuePage
 from wats_station.gui.settings import SettingsPage
-from wats_station.gui.widgets import dot_icon, label
+from wats_station.gui.widgets import RECEIVED_AT, dot_icon, label
 from wats_station.ipc.client import Event
 from wats_station.ipc.endpoints import instance_paths
 
@@ -139,7 +140,7 @@ class MainWindow(QMainWindow):
 
     def _status_fetched(self, reply: Reply) -> None:
         if reply.ok:
-            self._apply_status(reply.result)
+            self._apply_status(received(reply.result))
 
     def _apply_status(self, status: dict[str, Any]) -> None:
         self.status = status
@@ -152,7 +153,7 @@ class MainWindow(QMainWindow):
             return
         self.reason = ""
         self._show_connection()
-        self._apply_status(status)
+        self._apply_status(received(status))
         for page in self.pages:
             page.on_connection(True)
 
@@ -245,6 +246,11 @@ class MainWindow(QMainWindow):
         if self.tray is not None:
             self.tray.hide()
         super().closeEvent(event)
+
+
+def received(status: dict[str, Any]) -> dict[str, Any]:
+    """Stamp a status with when it came, so ages and uptimes can move on from there."""
+    return {**status, RECEIVED_AT: time.monotonic()}
 
 
 def is_ready(window: MainWindow) -> bool:
