@@ -590,6 +590,19 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    try:
+        from wats_station.gui.app import run
+    except ImportError as error:
+        if "PySide6" not in str(error):
+            raise
+        raise CliError(
+            "the station window needs PySide6, an optional extra: pip install 'wats-station[gui]'"
+        ) from None
+    return run(paths.instance)
+
+
 def run_demo(argv: list[str]) -> int:
     from wats_station.demo import main as demo_main
 
@@ -699,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="run the service as this user")
     p.add_argument("--python", help="interpreter of the station's venv (default: this one)")
     p.add_argument("--target-dir", default="/etc/systemd/system", help="where to write the unit")
+    add("gui", cmd_gui, "open the station window (needs: pip install 'wats-station[gui]')")
     sub.add_parser("demo", help="watch a station convert and upload sample files (see demo -h)")
     sub.add_parser("emulator", help="run the local WATS server emulator (see emulator -h)")
     return parser

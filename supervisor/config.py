@@ -398,3 +398,18 @@ def write_config_file(path: Path, document: dict[str, Any]) -> None:
     """Write a config atomically and owner-only (0600): it may hold the server token."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def merge_config_changes(document: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with ``changes`` (a partial config document) laid over it, section by
+    section. A secret sent back masked means "unchanged", so a form that never shows the
+    token can still save everything else."""
+    merged = dict(document)
+    for name, value in changes.items():
+        if name in SECRET_KEYS and value == MASK:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = merge_config_changes(merged[name], value)
+        else:
+            merged[name] = value
+    return merged

@@ -21,7 +21,14 @@ from wats_station.converters.wsjf import InvalidReport, report_json, validate_re
 from wats_station.ipc.protocol import ErrorCode, JobKind, Message, reply_error, reply_ok
 from wats_station.ipc.states import PauseTarget, ReportState
 from wats_station.supervisor import files, trail
-from wats_station.supervisor.config import PRIORITY_RANGE, ConfigError, config_to_dict
+from wats_station.supervisor.config import (
+    PRIORITY_RANGE,
+    ConfigError,
+    config_to_dict,
+    merge_config_changes,
+    parse_config,
+    write_config_file,
+)
 from wats_station.supervisor.conversions import note_replacement
 from wats_station.supervisor.queue import QueueError, QueueWriteError
 
@@ -499,3 +506,26 @@ def trace(station: Station, args: dict[str, Any]) -> dict[str, Any]:
             ErrorCode.NOT_FOUND, f"the queue knows no file or report {args['target']!r}"
         )
     return found
+
+
+@command(
+    "save_config",
+    "Change keys of the config file (a partial document), check, write it and reload.",
+    changes=((dict,), True),
+)
+def save_config(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    file = station.paths.config_file
+    try:
+        document = json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+    except (OSError, ValueError) as error:
+        raise CommandError(ErrorCode.CONFLICT, f"{file}: cannot read: {error}") from None
+    if not isinstance(document, dict):
+        raise CommandError(ErrorCode.CONFLICT, f"{file}: is not a JSON object")
+    merged = merge_config_changes(document, args["changes"])
+    try:
+        parse_config(merged, station.paths)
+    except ConfigError as error:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, f"config refused: {error}") from None
+    write_config_file(file, merged)
+    result = reload(station, {})
+    return {"saved": str(file), **result}
