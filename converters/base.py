@@ -32,6 +32,9 @@ class Converter:
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1.0.0"
     file_patterns: ClassVar[tuple[str, ...]] = ("*",)
+    # The station's cached list of the server's processes (converters.processes), set by the
+    # converter worker; None where there is none (a converter used on its own).
+    processes_file: Path | None = None
 
     def __init__(self, **arguments: Any) -> None:
         self.arguments = arguments
@@ -49,6 +52,14 @@ def derived_report_id(content: bytes, position: int) -> str:
     """A stable report id for the ``position``-th report of a file with these bytes."""
     digest = hashlib.sha256(content).hexdigest()
     return str(uuid.uuid5(REPORT_ID_NAMESPACE, f"{digest}:{position}"))
+
+
+def canonical_id(report_id: str) -> str:
+    """The one form a report id is stored and sent in: lowercase, hyphenated, no braces or
+    ``urn:uuid:``. ValueError if it is no UUID at all."""
+    if not isinstance(report_id, str):
+        raise ValueError(f"a report id must be a string, not {type(report_id).__name__}")
+    return str(uuid.UUID(report_id))
 
 
 def ensure_report_ids(reports: list[Report], content: bytes) -> list[Report]:

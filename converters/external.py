@@ -4,6 +4,7 @@ The program runs in a process group of its own with stdin closed, so a timeout k
 everything it started. It prints the report(s) on stdout, or writes them to the file named by
 the ``{output}`` placeholder. Whatever goes wrong, the error carries the exit status or the
 signal and the tail of the program's stderr, which is where its author will have said why.
+It gets the worker's environment without any ``WATS_STATION_*`` variable, plus its ``env``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4096
 # After the kill, how long the pipes may stay open (held by an escaped grandchild).
 DRAIN_AFTER_KILL_S = 5.0
+STATION_ENV_PREFIX = "WATS_STATION_"
 
 
 class ProcessConverter:
@@ -81,7 +83,7 @@ class ProcessConverter:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env={**os.environ, **self.env},
+                env=converter_environment(os.environ, self.env),
                 start_new_session=True,
             )
         except OSError as error:
@@ -115,6 +117,12 @@ class ProcessConverter:
 
     def _error(self, what: str, stderr: bytes) -> ConversionError:
         return ConversionError(f"converter program `{self.program}` {what}{stderr_tail(stderr)}")
+
+
+def converter_environment(environ: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
+    """The station's own variables (its token among them) are no business of a converter's."""
+    inherited = {k: v for k, v in environ.items() if not k.startswith(STATION_ENV_PREFIX)}
+    return {**inherited, **extra}
 
 
 def reports_from_json(data: bytes) -> list[Report]:

@@ -15,6 +15,9 @@ STANDARD_CONVERTERS: dict[str, str] = {
     "wsxf": "wats_station.converters.wsxf.WSXFConverter",
     "wstf": "wats_station.converters.wstf.WSTFConverter",
     "csv": "wats_station.converters.csvfile.CSVConverter",
+    "atml": "wats_station.converters.atml.ATMLConverter",
+    "teststand-xml": "wats_station.converters.teststand_xml.TestStandXMLConverter",
+    "openhtf": "wats_station.converters.openhtf.OpenHTFConverter",
 }
 
 

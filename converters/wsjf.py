@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import (
+    ConversionError,
+    Converter,
+    Report,
+    canonical_id,
+    ensure_report_ids,
+)
 
 REPORT_TYPES = frozenset({"T", "R"})
 REPORT_RESULTS = frozenset({"P", "F", "D", "E", "T"})
@@ -81,17 +88,65 @@ def validate_report(report: object) -> None:
         _check_object(report, "uur", "a repair (R) report needs a uur object")
 
 
+def report_json(report: Report) -> bytes:
+    """A validated report as the bytes the queue stores and the uploader sends: compact UTF-8
+    JSON, its id in canonical form. NaN, ±Infinity, text that is not Unicode (a lone surrogate)
+    and values JSON has no word for are refused as InvalidReport naming the field."""
+    report["id"] = canonical_id(report["id"])
+    try:
+        text = json.dumps(report, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode()
+    except RecursionError:
+        raise InvalidReport("report", "nested too deeply to be a report") from None
+    except (ValueError, TypeError):  # UnicodeEncodeError is a ValueError
+        raise InvalidReport(*_first_unwritable(report)) from None
+
+
+def _first_unwritable(report: Report) -> tuple[str, str]:
+    """(field, reason) for the first value in document order that JSON cannot carry."""
+    pending: list[tuple[object, str]] = [(report, "")]
+    while pending:
+        value, path = pending.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            name = "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+            return path, f"{name} is not valid JSON; WATS needs a finite number or null"
+        if isinstance(value, str) and not _is_unicode(value):
+            return path, "text that is not valid Unicode (a lone surrogate)"
+        if isinstance(value, dict):
+            items = list(value.items())
+            for key, child in reversed(items):
+                if not isinstance(key, str) or not _is_unicode(key):
+                    return f"{path}.{key!r}".lstrip("."), "a key that is not valid Unicode text"
+                pending.append((child, f"{path}.{key}".lstrip(".")))
+        elif isinstance(value, list):
+            pending.extend((value[i], f"{path}[{i}]") for i in range(len(value) - 1, -1, -1))
+        elif not isinstance(value, str | int | float | bool | type(None)):
+            return path, f"{_json_type(value)} is not a JSON value"
+    return "report", "cannot be written as JSON"
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def serialise_submitted(report: object) -> tuple[str, bytes]:
-    """A report given to ``submit_report`` (an object, or its JSON text) as its id and compact
-    JSON bytes; InvalidReport says what is wrong with it."""
+    """A report given to ``submit_report`` (an object, or its JSON text) as its canonical id and
+    the bytes the queue stores (``report_json``); InvalidReport says what is wrong with it."""
     if isinstance(report, (str, bytes)):
         try:
             report = json.loads(report)
+        except RecursionError:
+            raise InvalidReport("report", "JSON nested too deeply") from None
         except ValueError as error:
             raise InvalidReport("report", f"not valid JSON: {error}") from None
     validate_report(report)
     assert isinstance(report, dict)
-    return report["id"], json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = report_json(report)
+    return report["id"], payload
 
 
 def parse_report_bytes(data: bytes, source: str) -> list[Report]:

@@ -8,9 +8,14 @@ one or more UUTs, each framed by markers::
     --Step-Data-End--      optional footer lines: UUTStatus, ExecutionTime, ErrorCode, ...
     --UUT-End--            the UUT is complete
 
-A status given in the file is kept; a missing one is computed from the value, the limits and
-the compare operator, and failures roll up into the sequences and the report result (the
-official converter's mix of its "Import" and "Active" modes).
+The rules follow what Virinco's own WSTF converter does with real files (docs/CONVERTERS.md
+lists where that differs from its public article): consecutive lines of one kind with the same
+or a blank step name make one step with several measurements; a status given in the file is
+kept, a missing one is computed from the value, the limits and the compare operator ("Active"
+mode), and failures ripple up into the sequences and the report result; ``ConverterMode
+Import`` (or the testModeType argument) takes statuses as given. End markers are matched
+forgiving spaces (``-- UUT-End--``), a UUT without one is still converted, and control
+characters are dropped from every line.
 
 This module also holds the measurement rules the CSV converter shares: compare operators,
 status words, start times and the station's identity fields.
@@ -20,20 +25,25 @@ from __future__ import annotations
 
 import codecs
 import math
+import re
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.processes import UnknownOperationType, operation_code
 
 HEADER_START = "--Header-Start--"
 STEP_DATA_START = "--Step-Data-Start--"
 STEP_DATA_END = "--Step-Data-End--"
 UUT_END = "--UUT-End--"
 MARKERS = (HEADER_START, STEP_DATA_START, STEP_DATA_END, UUT_END)
+_MARKERS_BY_FOLDED = {marker.casefold(): marker for marker in MARKERS}
+# What Virinco's converter strips from every line: characters XML cannot carry.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 # operator -> (how many limits it needs, does the value pass). A single limit is in lowLimit.
 NUMERIC_OPERATORS: dict[str, tuple[int, Callable[..., bool]]] = {
@@ -55,6 +65,9 @@ NUMERIC_OPERATORS: dict[str, tuple[int, Callable[..., bool]]] = {
 }
 STRING_OPERATORS: dict[str, Callable[[str, str], bool]] = {
     "LOG": lambda value, limit: True,
+    # EQ and NE compare exactly, as CASESENSIT does; Virinco's example file uses EQ.
+    "EQ": lambda value, limit: value == limit,
+    "NE": lambda value, limit: value != limit,
     "CASESENSIT": lambda value, limit: value == limit,
     "IGNORECASE": lambda value, limit: value.casefold() == limit.casefold(),
 }
@@ -65,6 +78,13 @@ STATUS_WORDS = {
     **dict.fromkeys(("S", "SKIP", "SKIPPED"), "S"),
     **dict.fromkeys(("E", "ERROR"), "E"),
     **dict.fromkeys(("T", "TERMINATED"), "T"),
+}
+UUT_STATUS_WORDS = {
+    **dict.fromkeys(("p", "pass", "passed", "ok"), "P"),
+    **dict.fromkeys(("f", "fail", "failed", "ng"), "F"),
+    **dict.fromkeys(("d", "done"), "D"),
+    **dict.fromkeys(("e", "error"), "E"),
+    **dict.fromkeys(("t", "terminated", "aborted", "undetermined"), "T"),
 }
 BOOLEAN_WORDS = {
     **dict.fromkeys(("TRUE", "1", "YES", "PASS", "PASSED", "P"), "P"),
@@ -81,7 +101,7 @@ HEADER_KEYS = (
     "SerialNumber", "PartNumber", "Revision", "OperationTypeCode", "OperationTypeName",
     "StationName", "OperatorName", "SoftwareName", "SoftwareVersion", "BatchSerialNumber",
     "Comment", "FixtureId", "UUTStatus", "StartDateTime", "UTCStartDateTime", "ExecutionTime",
-    "TestSocketIndex", "ErrorCode", "ErrorMessage", "Subunit",
+    "TestSocketIndex", "ErrorCode", "ErrorMessage", "Subunit", "ConverterMode",
 )  # fmt: skip
 _HEADER_KEY_BY_FOLDED = {key.casefold(): key for key in HEADER_KEYS}
 _UUT_TEXT_FIELDS = {
@@ -95,6 +115,7 @@ _UUT_TEXT_FIELDS = {
 STEP_COLUMNS = (
     "StepType", "StepName", "MeasureName", "Value", "LowLimit", "HighLimit", "CompOperator",
     "Unit", "Status", "StepTime", "ReportText", "ErrorCode", "ErrorMessage",
+    "CausedSequenceFailure",
 )  # fmt: skip
 _COLUMN_ALIASES = {
     **{column.casefold(): column for column in STEP_COLUMNS},
@@ -110,16 +131,25 @@ _COLUMN_ALIASES = {
 }
 
 ARGUMENT_DEFAULTS: dict[str, Any] = {
-    "operationTypeCode": 10,
+    "operationTypeCode": 10,  # a code, or a name looked up in the server's process list
+    "testModeType": "Active",
     "operator": "sysoper",
     "stationName": None,
     "sequenceName": "SeqName",
     "sequenceVersion": "0.0.0",
-    "fileEncoding": "cp1252",
+    "cultureCode": None,  # none: the invariant culture (decimal point), as Virinco's converter
+    "fileEncoding": "cp1252",  # a Python codec name or a Windows code page number ("1252")
+    "validationMode": "ThrowExceptions",
     "station_name": None,
     "location": None,
     "purpose": None,
 }
+
+VALIDATION_MODES = {
+    "throwexceptions": False, "throw": False, "autotruncate": True, "truncate": True,
+}  # fmt: skip
+_TEXT_LIMITS = {"pn": 100, "sn": 100, "rev": 100, "machineName": 100}
+MAX_COMMENT = 500
 
 
 # -- rules shared with the CSV converter ------------------------------------------------------
@@ -213,12 +243,62 @@ def checked_arguments(
     return {**defaults, **{key: value for key, value in given.items() if value is not None}}
 
 
+# -- numbers as a culture writes them ----------------------------------------------------------
+
+# Languages whose numbers use a decimal point; every other culture code means a decimal comma.
+_DECIMAL_POINT_LANGUAGES = frozenset(
+    {"en", "ja", "zh", "ko", "th", "he", "hi", "ms", "ga", "mt", "sw", "fil", "ur", "iv"}
+)
+_DECIMAL_POINT_CULTURES = frozenset(
+    {"de-ch", "de-li", "it-ch", "es-mx", "es-us", "es-pr", "es-do", "es-gt", "es-hn", "es-ni",
+     "es-pa", "es-sv", "es-419"}
+)  # fmt: skip
+_GROUPED_WITH_COMMAS = re.compile(r"[+-]?\d{1,3}(,\d{3})+(\.\d*)?([eE][+-]?\d+)?")
+_INFINITIES = {"inf": math.inf, "+inf": math.inf, "-inf": -math.inf}
+
+
+def decimal_comma(culture_code: str | None) -> bool:
+    """Whether numbers in files of this culture ("nb-NO", "de-DE", "en-US") use a comma."""
+    if not culture_code:
+        return False  # no cultureCode: the invariant culture, like Virinco's converter
+    code = culture_code.strip().replace("_", "-").casefold()
+    language = code.partition("-")[0]
+    return code not in _DECIMAL_POINT_CULTURES and language not in _DECIMAL_POINT_LANGUAGES
+
+
+def parse_number(text: str, comma: bool) -> float:
+    """A number as written in a culture with a decimal point or (``comma``) a decimal comma.
+
+    Group separators are dropped where they cannot be mistaken: with a decimal comma, dots and
+    spaces before the comma; with a decimal point, commas in groups of three ("1,234.5"). A
+    lone comma under a decimal point ("1,5") is an error, not 15 as .NET would read it.
+    """
+    cleaned = text.strip().replace("\u00a0", "").replace("\u202f", "")
+    if cleaned.lower() in _INFINITIES:
+        return _INFINITIES[cleaned.lower()]
+    negative = cleaned.startswith("(") and cleaned.endswith(")")
+    if negative:
+        cleaned = cleaned[1:-1]
+    if comma:
+        if "," in cleaned:
+            cleaned = cleaned.replace(".", "").replace(" ", "").replace(",", ".")
+    elif "," in cleaned:
+        if not _GROUPED_WITH_COMMAS.fullmatch(cleaned):
+            raise ValueError(
+                f"{text!r} is not a number here (a decimal comma? set the cultureCode argument, "
+                "for example nb-NO or de-DE)"
+            )
+        cleaned = cleaned.replace(",", "")
+    value = float(cleaned)
+    return -value if negative else value
+
+
 # -- the WSTF converter ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class UUTDefaults:
-    """What a report gets where the WSTF file does not say."""
+    """What a report gets where the WSTF file does not say, and how to read it."""
 
     process_code: int = 10
     operator: str = "sysoper"
@@ -227,6 +307,11 @@ class UUTDefaults:
     purpose: str = "Production"
     sequence_name: str = "SeqName"
     sequence_version: str = "0.0.0"
+    import_mode: bool = False  # testModeType Import: statuses are taken, never computed
+    decimal_comma: bool = False
+    truncate: bool = False  # validationMode AutoTruncate: over-long header texts are cut
+    # Turns an operation type name into its code (converters.processes); None: names are errors
+    operation_code: Callable[[str], int] | None = None
 
 
 class WSTFConverter(Converter):
@@ -238,29 +323,35 @@ class WSTFConverter(Converter):
     def __init__(self, **arguments: Any) -> None:
         super().__init__(**arguments)
         settings = checked_arguments(self.name, arguments, ARGUMENT_DEFAULTS)
+        self.operation_type = str(settings["operationTypeCode"]).strip()
         try:
-            process_code = int(settings["operationTypeCode"])
-        except ValueError:
-            raise ValueError(
-                f"argument operationTypeCode: {settings['operationTypeCode']!r} is not an integer"
-            ) from None
-        try:
-            self.encoding = codecs.lookup(settings["fileEncoding"]).name
+            self.encoding = codecs.lookup(_encoding_name(str(settings["fileEncoding"]))).name
         except LookupError:
             raise ValueError(
                 f"argument fileEncoding: unknown encoding {settings['fileEncoding']!r}"
             ) from None
+        mode = str(settings["testModeType"]).strip().casefold()
+        if mode not in ("active", "import"):
+            raise ValueError(f"argument testModeType: {mode!r} is not Active or Import")
+        validation = str(settings["validationMode"]).strip().casefold()
+        if validation not in VALIDATION_MODES:
+            raise ValueError(
+                f"argument validationMode: {settings['validationMode']!r} is not one of "
+                "ThrowExceptions, AutoTruncate"
+            )
         station = station_fields(
             {**settings, "station_name": settings["stationName"] or settings["station_name"]}
         )
         self.defaults = UUTDefaults(
-            process_code=process_code,
             operator=str(settings["operator"]),
             station_name=station["machineName"],
             location=station["location"],
             purpose=station["purpose"],
             sequence_name=str(settings["sequenceName"]),
             sequence_version=str(settings["sequenceVersion"]),
+            import_mode=mode == "import",
+            decimal_comma=decimal_comma(settings["cultureCode"]),
+            truncate=VALIDATION_MODES[validation],
         )
 
     def validate(self, path: Path) -> float:
@@ -273,8 +364,27 @@ class WSTFConverter(Converter):
     def convert(self, path: Path) -> list[Report]:
         content = path.read_bytes()
         text = decode_text(content, self.encoding, str(path))
-        reports = parse_wstf(text, self.defaults, source=str(path), default_start=file_start(path))
+
+        def lookup(name: str) -> int:
+            return operation_code(name, self.processes_file)
+
+        try:
+            defaults = replace(
+                self.defaults,
+                process_code=lookup(self.operation_type),
+                operation_code=lookup,
+            )
+        except UnknownOperationType as error:
+            raise ConversionError(f"{path}: argument operationTypeCode: {error}") from None
+        reports = parse_wstf(text, defaults, source=str(path), default_start=file_start(path))
         return ensure_report_ids(reports, content)
+
+
+def _encoding_name(name: str) -> str:
+    # Virinco's argument is a Windows code page number ("1252", "65001").
+    return {"65001": "utf-8", "1200": "utf-16-le", "1201": "utf-16-be"}.get(
+        name, f"cp{name}" if name.isdigit() else name
+    )
 
 
 def decode_text(content: bytes, encoding: str, source: str) -> str:
@@ -300,11 +410,6 @@ def parse_wstf(
         return _WSTFParser(defaults, start).parse(text.splitlines())
     except _LineError as error:
         raise ConversionError(f"{source}: line {error.line}: {error.message}") from None
-    except _IncompleteFile as error:
-        raise ConversionError(
-            f"{source}: missing {UUT_END} (file incomplete?) for the UUT that starts on line "
-            f"{error.first_line}"
-        ) from None
     except _NotWSTF:
         raise ConversionError(
             f"{source}: no {HEADER_START} line, so this is not a WSTF file"
@@ -318,14 +423,14 @@ class _LineError(Exception):
         self.message = message
 
 
-class _IncompleteFile(Exception):
-    def __init__(self, first_line: int) -> None:
-        super().__init__(first_line)
-        self.first_line = first_line
-
-
 class _NotWSTF(Exception):
     pass
+
+
+def _marker(line: str) -> str | None:
+    """The marker a line is, forgiving spaces, case and trailing cells ("-- UUT-End--")."""
+    first = line.partition("\t")[0].replace(" ", "").casefold()
+    return _MARKERS_BY_FOLDED.get(first) if first.startswith("--") else None
 
 
 class _WSTFParser:
@@ -339,17 +444,26 @@ class _WSTFParser:
         self.reports: list[Report] = []
 
     def parse(self, lines: list[str]) -> list[Report]:
-        for number, line in enumerate(lines, start=1):
+        for number, raw in enumerate(lines, start=1):
+            line = _CONTROL_CHARACTERS.sub("", raw.removeprefix("\ufeff"))
             if line.strip():
-                self._take(number, line.removeprefix("\ufeff"))
+                self._take(number, line)
         if self.uut is not None:
-            raise _IncompleteFile(self.uut.first_line)
+            # Like Virinco's converter: a UUT without its end marker is submitted as it is,
+            # but when it cannot be, the missing marker is the likelier story.
+            try:
+                self.reports.append(self.uut.finish(len(lines)))
+            except _LineError as error:
+                raise _LineError(
+                    error.line,
+                    f"{error.message}; the file ends without {UUT_END} (written only in part?)",
+                ) from None
         if not self.reports:
             raise _NotWSTF
         return self.reports
 
     def _take(self, number: int, line: str) -> None:
-        marker = line.strip() if line.strip() in MARKERS else None
+        marker = _marker(line)
         if self.section == "outside":
             if marker != HEADER_START:
                 raise _LineError(number, f"expected {HEADER_START}, found {_shown(line)}")
@@ -366,14 +480,13 @@ class _WSTFParser:
         elif marker == STEP_DATA_START and self.section == "header":
             self.section = "columns"
         elif marker == STEP_DATA_END and self.section in ("columns", "steps"):
-            self.uut.close_steps(number)
+            self.uut.close_steps()
             self.section = "footer"
         elif marker == HEADER_START:
-            raise _LineError(
-                number,
-                f"{HEADER_START} before the {UUT_END} of the UUT that starts on line "
-                f"{self.uut.first_line}",
-            )
+            # The previous UUT lacks its end marker: it ends here.
+            self.reports.append(self.uut.finish(number))
+            self.uut = _UUTBuilder(number, self.defaults, self.default_start)
+            self.section = "header"
         else:
             raise _LineError(
                 number,
@@ -384,26 +497,33 @@ class _WSTFParser:
     def _take_data(self, number: int, line: str, uut: _UUTBuilder) -> None:
         if self.section in ("header", "footer"):
             uut.add_field(number, line)
-        elif self.section == "columns":
-            uut.set_columns(number, line)
+            return
+        is_column_header = "steptype" in {cell.strip().casefold() for cell in line.split("\t")}
+        if self.section == "columns":
             self.section = "steps"
-        else:
-            uut.add_step(number, line)
+            if is_column_header:
+                uut.set_columns(number, line)
+                return
+            # No column header: the columns are in Virinco's fixed order (STEP_COLUMNS).
+        if is_column_header:
+            return  # a repeated column header, which Virinco's converter skips too
+        uut.add_step(number, line)
 
 
 @dataclass
 class _OpenSequence:
     step: dict[str, Any]
     line: int
-    status_given: bool
+    status: str | None
 
 
 class _Row:
     """One step line, by column name."""
 
-    def __init__(self, line: int, cells: dict[str, str]) -> None:
+    def __init__(self, line: int, cells: dict[str, str], decimal_comma: bool) -> None:
         self.line = line
         self.cells = cells
+        self.decimal_comma = decimal_comma
 
     def text(self, column: str) -> str:
         return self.cells.get(column, "")
@@ -411,16 +531,15 @@ class _Row:
     def fail(self, column: str, message: str) -> _LineError:
         return _LineError(self.line, f"column {column}: {message}")
 
-    def number(self, column: str, *, required: bool = False) -> float | None:
+    def number(self, column: str) -> float | None:
         text = self.text(column)
         if not text:
-            if required:
-                raise self.fail(column, "a number is required here")
             return None
         try:
-            return float(text)
-        except ValueError:
-            raise self.fail(column, f"{text!r} is not a number") from None
+            return parse_number(text, self.decimal_comma)
+        except ValueError as error:
+            reason = str(error) if "cultureCode" in str(error) else f"{text!r} is not a number"
+            raise self.fail(column, reason) from None
 
     def integer(self, column: str) -> int | None:
         text = self.text(column)
@@ -438,6 +557,23 @@ class _Row:
             raise self.fail("Status", f"{text!r} is not a status (Passed, Failed, Done, ...)")
         return letter
 
+    def flag(self, column: str) -> bool | None:
+        text = self.text(column).casefold()
+        if not text:
+            return None
+        if text not in ("true", "1", "false", "0"):
+            raise self.fail(column, f"{self.text(column)!r} is not True or False")
+        return text in ("true", "1")
+
+
+@dataclass
+class _OpenTest:
+    """The test step that the next line of the same kind may add a measurement to."""
+
+    kind: str  # "numeric", "boolean" or "string"
+    step: dict[str, Any]
+    given_status: str | None
+
 
 class _UUTBuilder:
     """Collects one UUT's lines and turns them into a report at --UUT-End--."""
@@ -449,29 +585,36 @@ class _UUTBuilder:
         self.fields: dict[str, tuple[str, int]] = {}
         self.misc_infos: list[dict[str, str]] = []
         self.sub_units: list[dict[str, str]] = []
-        self.columns: list[str | None] = []
-        self.columns_line = 0
+        self.columns: list[str | None] = list(STEP_COLUMNS)
         root = {"stepType": "SequenceCall", "name": "", "group": "M", "status": "P", "steps": []}
-        self.open = [_OpenSequence(root, first_line, status_given=False)]
-        # The multiple-numeric step that the next line may add a measurement to: set by a
-        # MultipleNumericLimitTest line, cleared by any other line.
-        self.open_multi: dict[str, Any] | None = None
+        self.open = [_OpenSequence(root, first_line, status=None)]
+        self.open_test: _OpenTest | None = None
+        self.chart_step: dict[str, Any] | None = None  # the step the next Chart line joins
+        self.import_mode = defaults.import_mode
 
     # header and footer
 
     def add_field(self, number: int, line: str) -> None:
         key, tab, rest = line.partition("\t")
         key = key.strip()
-        if not tab or not key:
-            raise _LineError(number, f"expected Key<TAB>Value, found {_shown(line)}")
+        if not tab:
+            # "SerialNumber SN-1": Virinco's converter finds its keys by prefix, so a space
+            # separates too; any other line without a tab it ignores, and so do we.
+            key, _, rest = key.partition(" ")
+            if key.casefold() not in _HEADER_KEY_BY_FOLDED or not rest.strip():
+                return
+        if not key:
+            return
         cells = [cell.strip() for cell in rest.split("\t")]
         canonical = _HEADER_KEY_BY_FOLDED.get(key.casefold())
         if canonical == "Subunit":
             self.sub_units.append(_sub_unit(number, cells))
-            return
-        if any(cells[1:]):
-            raise _LineError(number, f"{key} has more than one value: {_shown(line)}")
-        if canonical is None:
+        elif canonical == "ConverterMode":
+            self.import_mode = cells[0].casefold() == "import" or (
+                self.defaults.import_mode and not cells[0]
+            )
+        elif canonical is None:
+            # Extra values after the first are ignored, as Virinco's converter does.
             self.misc_infos.append({"description": key, "text": cells[0]})
         else:
             self.fields[canonical] = (cells[0], number)
@@ -480,60 +623,54 @@ class _UUTBuilder:
 
     def set_columns(self, number: int, line: str) -> None:
         names = [cell.strip() for cell in line.split("\t")]
-        self.columns = [_COLUMN_ALIASES.get(name.casefold()) for name in names]
-        self.columns_line = number
-        missing = [name for name in ("StepType", "StepName") if name not in self.columns]
-        if missing:
-            raise _LineError(
-                number,
-                f"expected the step column header (StepType<TAB>StepName<TAB>...) after "
-                f"{STEP_DATA_START}, found {_shown(line)}",
-            )
-        known = [name for name in self.columns if name]
+        columns = [_COLUMN_ALIASES.get(name.casefold()) for name in names]
+        known = [name for name in columns if name]
         duplicates = sorted({name for name in known if known.count(name) > 1})
         if duplicates:
             raise _LineError(number, f"column header names {', '.join(duplicates)} twice")
+        if "StepName" not in columns:
+            raise _LineError(number, f"the column header has no StepName: {_shown(line)}")
+        self.columns = columns
 
     def add_step(self, number: int, line: str) -> None:
-        cells = line.split("\t")
-        extra = [cell for cell in cells[len(self.columns) :] if cell.strip()]
-        if extra:
-            raise _LineError(
-                number,
-                f"{len(cells)} fields, but the column header on line {self.columns_line} "
-                f"names {len(self.columns)}",
-            )
+        cells = [cell.strip() for cell in line.split("\t")]
+        step_type = cells[0] if cells[0] in _CHART_LAYOUTS else ""
+        if step_type:
+            row = _Row(number, dict(zip(_CHART_LAYOUTS[step_type], cells, strict=False)), False)
+            (self._chart if step_type == "Chart" else self._series)(row)
+            return
         row = _Row(
             number,
-            {name: cell.strip() for name, cell in zip(self.columns, cells, strict=False) if name},
+            {name: cell for name, cell in zip(self.columns, cells, strict=False) if name},
+            self.defaults.decimal_comma,
         )
-        step_type = row.text("StepType")
-        handler = _STEP_HANDLERS.get(step_type)
+        handler = _STEP_HANDLERS.get(row.text("StepType"))
         if handler is None:
             raise row.fail(
-                "StepType", f"unknown step type {step_type!r}; one of {', '.join(_STEP_HANDLERS)}"
+                "StepType",
+                f"unknown step type {row.text('StepType')!r}; one of "
+                f"{', '.join([*_STEP_HANDLERS, *_CHART_LAYOUTS])}",
             )
-        if step_type != "EndSequenceCall" and not row.text("StepName"):
-            raise row.fail("StepName", f"a {step_type} needs a step name")
-        if step_type != "MultipleNumericLimitTest":
-            self.open_multi = None
         handler(self, row)
 
     def _append(self, step: dict[str, Any]) -> None:
         self.open[-1].step["steps"].append(step)
+        self.chart_step = step
 
     def _sequence_call(self, row: _Row) -> None:
-        name = row.text("StepName")
-        step = _step("SequenceCall", row, row.status() or "P")
+        name = self._step_name(row)
+        step = _step("SequenceCall", row, row.status() or "P", name)
         step["seqCall"] = {"path": name, "name": name, "version": ""}
         step["steps"] = []
         self._append(step)
-        self.open.append(_OpenSequence(step, row.line, status_given=row.status() is not None))
+        self.open.append(_OpenSequence(step, row.line, status=row.status()))
+        self.open_test = None
 
     def _end_sequence_call(self, row: _Row) -> None:
+        self.open_test = None
         if len(self.open) == 1:
             raise _LineError(row.line, "EndSequenceCall without an open SequenceCall")
-        sequence = self.open.pop()
+        sequence = self.open[-1]
         name = row.text("StepName")
         if name and name != sequence.step["name"]:
             raise row.fail(
@@ -542,86 +679,148 @@ class _UUTBuilder:
                 f"opened on line {sequence.line}",
             )
         _add_step_details(sequence.step, row)
-        if row.status() is not None:
-            sequence.step["status"] = row.status()
-        elif not sequence.status_given:
-            sequence.step["status"] = rolled_up_status(s["status"] for s in sequence.step["steps"])
+        self._close_sequence(final_status=row.status())
+        self.chart_step = self.open[-1].step
+
+    def _close_sequence(self, final_status: str | None = None) -> None:
+        """Set the status of the innermost sequence and close it.
+
+        A status on the EndSequenceCall line is final. One on the SequenceCall line is where
+        the sequence starts from: in Active mode a failing step still fails it.
+        """
+        sequence = self.open.pop()
+        children = [step["status"] for step in sequence.step["steps"]]
+        if final_status is not None:
+            sequence.step["status"] = final_status
+        elif self.import_mode:
+            sequence.step["status"] = sequence.status or "P"
+        else:  # Active: failures ripple up through a status the file gave
+            sequence.step["status"] = rolled_up_status(
+                [*children, sequence.status] if sequence.status else children
+            )
+            if sequence.status and sequence.step["status"] == "P":
+                sequence.step["status"] = sequence.status
+
+    def _test_step(
+        self,
+        row: _Row,
+        kind: str,
+        step_types: tuple[str, str],
+        key: str,
+        repeated_name_starts_a_step: bool = False,
+    ) -> None:
+        """Add the line's measurement to the open test step, or open a new one.
+
+        Like Virinco's converter: a line joins the step before it when that step is of the same
+        kind and the line's step name is blank or the same; otherwise it starts a new step.
+        """
+        name = row.text("StepName")
+        measurement = _MEASUREMENT_READERS[kind](row, self.import_mode)
+        if row.text("MeasureName"):
+            measurement = {"name": row.text("MeasureName"), **measurement}
+        current = self.open_test
+        if (
+            current is None
+            or current.kind != kind
+            or (name and name != current.step["name"])
+            or (
+                repeated_name_starts_a_step
+                and _has_measurement(current.step[key], measurement.get("name"))
+            )
+        ):
+            step = _step(step_types[0], row, "P", self._step_name(row))
+            step[key] = []
+            self._append(step)
+            current = self.open_test = _OpenTest(kind, step, row.status())
+        else:
+            _add_step_details(current.step, row)
+        measurements = current.step[key]
+        measurements.append(measurement)
+        if len(measurements) > 1 or "name" in measurements[0]:
+            current.step["stepType"] = step_types[1]
+            # Measurements of a multiple step are told apart by name; unnamed rows get
+            # TestStand's default names.
+            for index, item in enumerate(measurements):
+                if "name" not in item:
+                    measurements[index] = {"name": f"Measurement {index}", **item}
+        statuses = [m["status"] for m in measurements]
+        given = current.given_status
+        if self.import_mode:
+            current.step["status"] = given or "P"
+        else:
+            current.step["status"] = rolled_up_status([*statuses, given] if given else statuses)
+            if given and current.step["status"] == "P":
+                current.step["status"] = given
 
     def _numeric_limit_test(self, row: _Row) -> None:
-        measurement = _numeric_measurement(row)
-        if row.text("MeasureName"):
-            measurement["name"] = row.text("MeasureName")
-        step = _step("ET_NLT", row, measurement["status"])
-        step["numericMeas"] = [measurement]
-        self._append(step)
+        self._test_step(row, "numeric", ("ET_NLT", "ET_MNLT"), "numericMeas")
 
     def _multiple_numeric_limit_test(self, row: _Row) -> None:
-        measure_name = row.text("MeasureName")
-        if not measure_name:
+        if not row.text("MeasureName"):
             raise row.fail("MeasureName", "a MultipleNumericLimitTest line needs a measure name")
-        measurement = {"name": measure_name, **_numeric_measurement(row)}
-        multi = self.open_multi
-        names = {m["name"] for m in multi["numericMeas"]} if multi else set()
-        if multi and multi["name"] == row.text("StepName") and measure_name not in names:
-            multi["numericMeas"].append(measurement)
-        else:
-            multi = _step("ET_MNLT", row, "P")
-            multi["numericMeas"] = [measurement]
-            self._append(multi)
-        multi["status"] = rolled_up_status(m["status"] for m in multi["numericMeas"])
-        self.open_multi = multi
+        self._test_step(row, "numeric", ("ET_NLT", "ET_MNLT"), "numericMeas", True)
 
     def _pass_fail_test(self, row: _Row) -> None:
-        status = row.status()
-        if status is None:
-            value = row.text("Value")
-            status = BOOLEAN_WORDS.get(value.upper())
-            if status is None:
-                raise row.fail(
-                    "Value", f"a PassFailTest needs a Status, or a Value True/False, not {value!r}"
-                )
-        measurement = {"status": status}
-        if row.text("MeasureName"):
-            measurement["name"] = row.text("MeasureName")
-        step = _step("ET_PFT", row, status)
-        step["booleanMeas"] = [measurement]
-        self._append(step)
+        self._test_step(row, "boolean", ("ET_PFT", "ET_MPFT"), "booleanMeas")
 
     def _string_value_test(self, row: _Row) -> None:
-        value, limit = row.text("Value"), row.text("LowLimit")
-        operator = row.text("CompOperator").upper() or ("CASESENSIT" if limit else "LOG")
-        if operator not in STRING_OPERATORS:
-            raise row.fail(
-                "CompOperator",
-                f"{operator!r} is not a string compare operator; one of "
-                f"{', '.join(STRING_OPERATORS)}",
-            )
-        status = row.status() or ("P" if STRING_OPERATORS[operator](value, limit) else "F")
-        measurement: dict[str, Any] = {"compOp": operator, "value": value, "status": status}
-        if operator != "LOG":
-            measurement["limit"] = limit
-        if row.text("MeasureName"):
-            measurement["name"] = row.text("MeasureName")
-        step = _step("ET_SVT", row, status)
-        step["stringMeas"] = [measurement]
-        self._append(step)
+        self._test_step(row, "string", ("ET_SVT", "ET_MSVT"), "stringMeas")
 
     def _action_step(self, row: _Row) -> None:
-        self._append(_step("Action", row, row.status() or "D"))
+        self.open_test = None
+        self._append(_step("Action", row, row.status() or "D", self._step_name(row)))
 
-    def close_steps(self, number: int) -> None:
-        if len(self.open) > 1:
-            sequence = self.open[-1]
-            raise _LineError(
-                number,
-                f"SequenceCall {sequence.step['name']!r} opened on line {sequence.line} has no "
-                "EndSequenceCall",
-            )
+    def _step_name(self, row: _Row) -> str:
+        name = row.text("StepName")
+        if not name:
+            raise row.fail("StepName", f"a {row.text('StepType')} that starts a step needs a name")
+        return name
+
+    def _chart(self, row: _Row) -> None:
+        step = self.chart_step
+        if step is None:
+            raise _LineError(row.line, "a Chart line must follow the step it belongs to")
+        if "chart" in step:
+            raise _LineError(row.line, f"step {step['name']!r} has a chart already")
+        chart_type = _CHART_TYPES.get(row.text("ChartType").casefold())
+        if chart_type is None:
+            known = ", ".join(_CHART_TYPES.values())
+            raise row.fail("StepName", f"{row.text('ChartType')!r} is not a chart type ({known})")
+        step["chart"] = {
+            "chartType": chart_type,
+            "label": row.text("Label"),
+            "xLabel": row.text("XLabel"),
+            "xUnit": row.text("XUnit"),
+            "yLabel": row.text("YLabel"),
+            "yUnit": row.text("YUnit"),
+            "series": [],
+        }
+
+    def _series(self, row: _Row) -> None:
+        chart = (self.chart_step or {}).get("chart")
+        if chart is None:
+            raise _LineError(row.line, "a Series line must follow a Chart line")
+        if len(chart["series"]) >= MAX_CHART_SERIES:
+            raise _LineError(row.line, f"a chart holds at most {MAX_CHART_SERIES} series")
+        if row.text("DataType").upper() != "XYG":
+            raise row.fail("MeasureName", f"series data type {row.text('DataType')!r} is not XYG")
+        y = _series_data(row, "YData", required=True)
+        x = _series_data(row, "XData", required=False)
+        if x is not None and len(x.split(";")) != len(y.split(";")):
+            raise row.fail("XData", "XData and YData have different lengths")
+        chart["series"].append(
+            {"dataType": "XYG", "name": row.text("StepName"), "xdata": x, "ydata": y}
+        )
+
+    def close_steps(self) -> None:
+        self.open_test = None
+        while len(self.open) > 1:
+            self._close_sequence()
 
     # the report
 
     def finish(self, number: int) -> Report:
-        self.close_steps(number)
+        self.close_steps()
         root = self.open[0].step
         sequence_name = self._text("SoftwareName") or self.defaults.sequence_name
         root["name"] = sequence_name
@@ -636,7 +835,7 @@ class _UUTBuilder:
             "pn": self._required("PartNumber"),
             "sn": self._required("SerialNumber"),
             "rev": self._required("Revision"),
-            "processCode": self._integer("OperationTypeCode", self.defaults.process_code),
+            "processCode": self._process_code(),
             "result": self._result(root["status"]),
             "machineName": self._text("StationName") or self.defaults.station_name,
             "location": self.defaults.location,
@@ -651,7 +850,23 @@ class _UUTBuilder:
             report["miscInfos"] = self.misc_infos
         if self.sub_units:
             report["subUnits"] = self.sub_units
+        self._check_lengths(report)
         return report
+
+    def _check_lengths(self, report: Report) -> None:
+        for key, limit in _TEXT_LIMITS.items():
+            value = report.get(key)
+            if isinstance(value, str) and len(value) > limit:
+                if not self.defaults.truncate:
+                    raise _LineError(
+                        self.first_line,
+                        f"{key} is {len(value)} characters long; WATS takes {limit} "
+                        "(validationMode AutoTruncate cuts it)",
+                    )
+                report[key] = value[:limit]
+        comment = report["uut"].get("comment")
+        if isinstance(comment, str) and len(comment) > MAX_COMMENT and self.defaults.truncate:
+            report["uut"]["comment"] = comment[:MAX_COMMENT]
 
     def _text(self, key: str) -> str:
         return self.fields.get(key, ("", 0))[0]
@@ -662,6 +877,22 @@ class _UUTBuilder:
             raise _LineError(self.first_line, f"the UUT that starts here has no {key}")
         return value
 
+    def _process_code(self) -> int:
+        # A code in the file wins over a name: it needs no lookup, so it works offline too.
+        for key in ("OperationTypeCode", "OperationTypeName"):
+            value, line = self.fields.get(key, ("", 0))
+            if not value:
+                continue
+            try:
+                if value.lstrip("+-").isdigit():
+                    return int(value)
+                if self.defaults.operation_code is None:
+                    raise UnknownOperationType(f"operation type {value!r} is a name, not a code")
+                return self.defaults.operation_code(value)
+            except UnknownOperationType as error:
+                raise _LineError(line, f"{key}: {error}") from None
+        return self.defaults.process_code
+
     def _number(self, key: str, convert: Callable[[str], Any], kind: str) -> Any:
         value, line = self.fields.get(key, ("", 0))
         if not value:
@@ -671,18 +902,14 @@ class _UUTBuilder:
         except ValueError:
             raise _LineError(line, f"{key}: {value!r} is not {kind}") from None
 
-    def _integer(self, key: str, default: int) -> int:
-        number = self._number(key, int, "an integer")
-        return default if number is None else number
-
     def _result(self, computed: str) -> str:
         value, line = self.fields.get("UUTStatus", ("", 0))
         if not value:
             return computed
-        letter = status_letter(value)
-        if letter is None or letter == "S":
+        letter = UUT_STATUS_WORDS.get(value.casefold())
+        if letter is None:
             raise _LineError(
-                line, f"UUTStatus {value!r} is not one of Passed, Failed, Done, Error, Terminated"
+                line, f"UUTStatus {value!r} is not one of Passed, Failed, Error, Terminated"
             )
         return letter
 
@@ -699,8 +926,12 @@ class _UUTBuilder:
         for key, field in _UUT_TEXT_FIELDS.items():
             if self._text(key):
                 info[field] = self._text(key)
+
+        def decimal(text: str) -> float:
+            return parse_number(text, self.defaults.decimal_comma)
+
         numbers = (
-            ("execTime", "ExecutionTime", float, "a number"),
+            ("execTime", "ExecutionTime", decimal, "a number"),
             ("testSocketIndex", "TestSocketIndex", int, "an integer"),
             ("errorCode", "ErrorCode", int, "an integer"),
         )
@@ -718,14 +949,46 @@ _STEP_HANDLERS: dict[str, Callable[[_UUTBuilder, _Row], None]] = {
     "MultipleNumericLimitTest": _UUTBuilder._multiple_numeric_limit_test,
     "PassFailTest": _UUTBuilder._pass_fail_test,
     "StringValueTest": _UUTBuilder._string_value_test,
+    "MultipleStringValueTest": _UUTBuilder._string_value_test,
     "ActionStep": _UUTBuilder._action_step,
 }
+# Chart and Series lines have columns of their own, whatever the column header says.
+_CHART_LAYOUTS = {
+    "Chart": ("StepType", "ChartType", "Label", "YUnit", "YLabel", "XUnit", "XLabel"),
+    "Series": ("StepType", "StepName", "DataType", "YData", "XData"),
+}
+_CHART_TYPES = {
+    name.casefold(): name for name in ("Line", "LineLogX", "LineLogY", "LineLogXY", "XYG")
+}
+MAX_CHART_SERIES = 10
+MAX_SERIES_POINTS = 10000
 
 
-def _step(step_type: str, row: _Row, status: str) -> dict[str, Any]:
+def _has_measurement(measurements: list[dict[str, Any]], name: str | None) -> bool:
+    # In the legacy MultipleNumericLimitTest lines the same measure name again is the step's
+    # next run (a loop). Other lines group as Virinco's converter does, repeats included.
+    return name is not None and any(m.get("name") == name for m in measurements)
+
+
+def _series_data(row: _Row, column: str, *, required: bool) -> str | None:
+    text = row.text(column)
+    if not text:
+        if required:
+            raise row.fail(column, "a Series line needs its data (values separated by ';')")
+        return None
+    values = text.replace(",", ".").split(";")
+    if len(values) > MAX_SERIES_POINTS:
+        raise row.fail(column, f"more than {MAX_SERIES_POINTS} values")
+    try:
+        return ";".join(repr(float(value)).removesuffix(".0") for value in values)
+    except ValueError:
+        raise row.fail(column, f"{text[:40]!r} is not numbers separated by ';'") from None
+
+
+def _step(step_type: str, row: _Row, status: str, name: str) -> dict[str, Any]:
     step: dict[str, Any] = {
         "stepType": step_type,
-        "name": row.text("StepName"),
+        "name": name,
         "group": _group(row),
         "status": status,
     }
@@ -743,7 +1006,7 @@ def _group(row: _Row) -> str:
 
 def _add_step_details(step: dict[str, Any], row: _Row) -> None:
     step_time = row.number("StepTime")
-    if step_time is not None:
+    if step_time is not None and step_time > 0:
         step["totTime"] = step_time
     error_code = row.integer("ErrorCode")
     if error_code is not None:
@@ -751,11 +1014,14 @@ def _add_step_details(step: dict[str, Any], row: _Row) -> None:
     for column, field in (("ReportText", "reportText"), ("ErrorMessage", "errorMessage")):
         if row.text(column):
             step[field] = row.text(column)
+    caused = row.flag("CausedSequenceFailure")
+    if caused is not None:
+        step["causedSeqFailure"] = caused
 
 
-def _numeric_measurement(row: _Row) -> dict[str, Any]:
-    value = row.number("Value", required=True)
-    assert value is not None
+def _numeric_measurement(row: _Row, import_mode: bool = False) -> dict[str, Any]:
+    value = row.number("Value")
+    value = math.nan if value is None else value  # blank is NaN, as in Virinco's converter
     low, high = row.number("LowLimit"), row.number("HighLimit")
     operator = row.text("CompOperator").upper() or inferred_operator(low, high)
     if operator not in NUMERIC_OPERATORS:
@@ -772,17 +1038,57 @@ def _numeric_measurement(row: _Row) -> dict[str, Any]:
         raise row.fail("LowLimit", f"compare operator {operator} needs a limit in LowLimit")
     if limits_needed == 2 and high is None:
         raise row.fail("HighLimit", f"compare operator {operator} needs a HighLimit")
+    computed = "P" if import_mode else numeric_status(value, operator, low, high)
     measurement: dict[str, Any] = {
         "compOp": operator,
         "value": measured_value(value),
         "unit": row.text("Unit"),
-        "status": row.status() or numeric_status(value, operator, low, high),
+        "status": row.status() or computed,
     }
     if limits_needed >= 1:
-        measurement["lowLimit"] = low
+        measurement["lowLimit"] = measured_value(low)  # type: ignore[arg-type]
     if limits_needed == 2:
-        measurement["highLimit"] = high
+        measurement["highLimit"] = measured_value(high)  # type: ignore[arg-type]
     return measurement
+
+
+def _boolean_measurement(row: _Row, import_mode: bool = False) -> dict[str, Any]:
+    status = row.status()
+    if status is None:
+        value = row.text("Value")
+        # A blank value is True, as in Virinco's converter.
+        status = BOOLEAN_WORDS.get(value.upper()) if value else "P"
+        if status is None:
+            raise row.fail(
+                "Value", f"a PassFailTest needs a Status, or a Value True/False, not {value!r}"
+            )
+    return {"status": status}
+
+
+def _string_measurement(row: _Row, import_mode: bool = False) -> dict[str, Any]:
+    value, limit = row.text("Value"), row.text("LowLimit")
+    operator = row.text("CompOperator").upper() or ("CASESENSIT" if limit else "LOG")
+    if operator not in STRING_OPERATORS:
+        raise row.fail(
+            "CompOperator",
+            f"{operator!r} is not a string compare operator; one of {', '.join(STRING_OPERATORS)}",
+        )
+    computed = "P" if import_mode or STRING_OPERATORS[operator](value, limit) else "F"
+    measurement: dict[str, Any] = {
+        "compOp": operator,
+        "value": value,
+        "status": row.status() or computed,
+    }
+    if operator != "LOG":
+        measurement["limit"] = limit
+    return measurement
+
+
+_MEASUREMENT_READERS: dict[str, Callable[[_Row, bool], dict[str, Any]]] = {
+    "numeric": _numeric_measurement,
+    "boolean": _boolean_measurement,
+    "string": _string_measurement,
+}
 
 
 def _sub_unit(number: int, cells: list[str]) -> dict[str, str]:

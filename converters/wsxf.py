@@ -4,7 +4,9 @@ The mapping follows the matched pair of server exports in tests/data/samples (th
 run exported as WSXF and as WSJF). Parsing goes through defusedxml: a DTD that declares
 entities or refers to external ones is refused before anything is expanded or fetched.
 Elements this converter cannot map are refused rather than dropped, so no test data is lost
-without a person seeing why.
+without a person seeing why; attachments are kept wherever the file carries them (a step, a
+repair failure, the report). Test (UUT) and repair (UUR) reports are both converted. A single
+limit sits in ``lowLimit`` whichever attribute carried it, as the server stores it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from defusedxml import DefusedXmlException, EntitiesForbidden, ExternalReference
 from defusedxml.ElementTree import DefusedXMLParser
 
 from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.recognise import describe_xml_root
 from wats_station.converters.wsjf import InvalidReport, validate_report
 
 WSXF_NAMESPACE = "http://wats.virinco.com/schemas/WATS/Report/wsxf"
@@ -46,8 +49,17 @@ STATUS_LETTERS = {
 }
 GROUP_LETTERS = {"Main": "M", "Setup": "S", "Cleanup": "C"}
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+# Operators with one limit: the server keeps it in lowLimit, whichever attribute carried it.
+SINGLE_LIMIT_OPERATORS = frozenset({"EQ", "NE", "LT", "LE", "GT", "GE"})
+# How a file may name an attachment (WSXF exports and other writers differ).
+ATTACHMENT_TAGS = frozenset({"Attachment", "Binary", "BinaryData"})
 
-_REPORT_CHILDREN = frozenset({"UUT", "Process", "MiscInfo", "ReportUnitHierarchy", "Step"})
+_REPORT_CHILDREN = frozenset(
+    {"UUT", "Process", "MiscInfo", "ReportUnitHierarchy", "Step", "Asset", *ATTACHMENT_TAGS}
+)
+_UUR_REPORT_CHILDREN = frozenset(
+    {"UUR", "Process", "MiscInfo", "ReportUnitHierarchy", "Failures", *ATTACHMENT_TAGS}
+)
 _STEP_CHILDREN = frozenset(
     {
         "SequenceCall",
@@ -60,6 +72,7 @@ _STEP_CHILDREN = frozenset(
         "MessagePopup",
         "Callexe",
         "Chart",
+        *ATTACHMENT_TAGS,
     }
 )
 
@@ -167,11 +180,17 @@ class _WSXFReader:
     def report_elements(self, root: Element) -> list[Element]:
         namespace = root.tag[1:].partition("}")[0] if root.tag.startswith("{") else ""
         if namespace not in ("", WSXF_NAMESPACE):
-            raise self.error(root, f"namespace {namespace!r} is not WSXF ({WSXF_NAMESPACE})")
+            raise ConversionError(
+                f"{self.source}: this is not WSXF (namespace {namespace!r}): "
+                f"{describe_xml_root(root)}"
+            )
         if _local_name(root.tag) == "Report":
             return [root]
-        if _local_name(root.tag) != "Reports":
-            raise self.error(root, "the root element must be <Reports> or <Report>")
+        if _local_name(root.tag) != "Reports" or (
+            namespace == ""
+            and any(_local_name(c.tag) == "Report" and c.get("type") is None for c in root)
+        ):
+            raise ConversionError(f"{self.source}: this is not WSXF: {describe_xml_root(root)}")
         reports = []
         for child in root:
             if _local_name(child.tag) != "Report":
@@ -184,11 +203,9 @@ class _WSXFReader:
     def report(self, element: Element) -> Report:
         report_type = element.get("type")
         if report_type == "UUR":
-            raise self.error(
-                element, "repair (UUR) reports are not supported by this converter yet"
-            )
+            return self.repair_report(element)
         if report_type != "UUT":
-            raise self.error(element, f"type={report_type!r}: expected UUT")
+            raise self.error(element, f"type={report_type!r}: expected UUT or UUR")
         children = self.children(element, _REPORT_CHILDREN)
         uut = self.only(children, "UUT")
         if uut is None:
@@ -216,10 +233,125 @@ class _WSXFReader:
             "uut": self.uut(uut),
             "miscInfos": [self.misc_info(misc) for misc in children.get("MiscInfo", [])],
             "subUnits": [self.sub_unit(unit) for unit in children.get("ReportUnitHierarchy", [])],
-            # Assets and additional data have no mapping yet; children() refuses them.
+            # Additional data has no mapping yet; children() refuses it.
+            "assets": [self.asset(asset) for asset in children.get("Asset", [])],
+            "additionalData": [],
+            **self.report_attachments(children),
+        }
+
+    def asset(self, element: Element) -> dict[str, Any]:
+        """Test equipment used: its serial number and how often it has been used."""
+        serial = self.text(element, "AssetSN") or self.text(element, "SN")
+        if serial is None:
+            raise self.error(element, "an asset needs its serial number (AssetSN)")
+        return _without_none(sn=serial, usageCount=self.integer(element, "UsageCount"))
+
+    def report_attachments(self, children: dict[str, list[Element]]) -> dict[str, Any]:
+        found = [item for tag in ATTACHMENT_TAGS for item in children.get(tag, [])]
+        return {"binaryData": [self.attachment(item) for item in found]} if found else {}
+
+    def repair_report(self, element: Element) -> Report:
+        """A repair (UUR) report: what was repaired, on which units, and each failure found."""
+        children = self.children(element, _UUR_REPORT_CHILDREN)
+        uur = self.only(children, "UUR")
+        if uur is None:
+            raise self.error(element, "a UUR report needs a <UUR> element")
+        process = self.only(children, "Process")
+        if process is None:
+            raise self.error(element, "a report needs a <Process Code=...> element")
+        units = [self.repair_unit(unit) for unit in children.get("ReportUnitHierarchy", [])]
+        if not units:  # the repaired unit itself is unit 0
+            units = [{"pn": self.text(element, "PN"), "sn": self.text(element, "SN"),
+                      "rev": self.text(element, "Rev"), "idx": 0}]  # fmt: skip
+        for failure in children.get("Failures", []):
+            part = self.integer(failure, "PartIdx") or 0
+            unit = next((u for u in units if u.get("idx") == part), None)
+            if unit is None:
+                raise self.error(failure, f"PartIdx={part} names no <ReportUnitHierarchy Idx>")
+            unit.setdefault("failures", []).append(self.failure(failure))
+        return {
+            "type": "R",
+            "id": self.report_id(element),
+            "pn": self.text(element, "PN"),
+            "sn": self.text(element, "SN"),
+            "rev": self.text(element, "Rev"),
+            "processCode": self.integer(process, "Code"),
+            "result": self.status(element, "Result") or "P",
+            "machineName": element.get("MachineName", "").strip(),
+            "location": element.get("Location", "").strip(),
+            "purpose": element.get("Purpose", "").strip(),
+            "start": element.get("Start") or element.get("Start_utc"),
+            "uur": self.uur(uur),
+            "miscInfos": [self.misc_info(misc) for misc in children.get("MiscInfo", [])],
+            "subUnits": units,
             "assets": [],
             "additionalData": [],
+            **self.report_attachments(children),
         }
+
+    def uur(self, element: Element) -> dict[str, Any]:
+        children = self.children(element, frozenset({"Comment", "Process"}))
+        process = self.only(children, "Process")
+        return _without_none(
+            user=self.text(element, "UserLoginName"),
+            comment=self.child_text(element, "Comment"),
+            processCode=self.integer(process, "Code") if process is not None else None,
+            processName=self.text(process, "Name") if process is not None else None,
+            refUUT=self.uuid_text(element, "ReferencedUUT"),
+            confirmDate=self.text(element, "ConfirmDate"),
+            finalizeDate=self.text(element, "FinalizeDate"),
+            execTime=self.decimal(element, "ExecutionTime"),
+        )
+
+    def uuid_text(self, element: Element, attribute: str) -> str | None:
+        raw = self.text(element, attribute)
+        try:
+            return str(uuid.UUID(raw)) if raw else None
+        except ValueError:
+            raise self.error(element, f"{attribute}={raw!r} is not a UUID") from None
+
+    def repair_unit(self, element: Element) -> dict[str, Any]:
+        return _without_none(
+            partType=self.text(element, "PartType"),
+            pn=self.text(element, "PN"),
+            rev=self.text(element, "Rev"),
+            sn=self.text(element, "SN"),
+            idx=self.integer(element, "Idx"),
+            parentIdx=self.integer(element, "ParentIDX"),
+            position=self.integer(element, "Position"),
+        )
+
+    def failure(self, element: Element) -> dict[str, Any]:
+        children = self.children(element, frozenset({"Comment", *ATTACHMENT_TAGS}))
+        attachments = [item for tag in ATTACHMENT_TAGS for item in children.get(tag, [])]
+        failure = _without_none(
+            category=self.text(element, "Category"),
+            code=self.text(element, "Code"),
+            comment=self.child_text(element, "Comment"),
+            comRef=self.text(element, "CompRef"),
+            funcBlock=self.text(element, "FuncBlock"),
+            refStepId=self.integer(element, "StepID"),
+            artNumber=self.text(element, "ArtNumber"),
+            artRev=self.text(element, "ArtRev"),
+            artVendor=self.text(element, "ArtVendor"),
+            artDescription=self.text(element, "ArtDescription"),
+        )
+        if attachments:
+            failure["attachments"] = [self.attachment(item) for item in attachments]
+        return failure
+
+    def attachment(self, element: Element) -> dict[str, Any]:
+        """An attachment as WSJF carries it: name, MIME type and the bytes in base64."""
+        data_child = next((c for c in element if _local_name(c.tag).lower() == "data"), None)
+        data = (data_child.text if data_child is not None else element.text) or ""
+        return _without_none(
+            name=self.first_text(element, ("Name", "FileName", "name")) or "attachment",
+            contentType=self.first_text(element, ("ContentType", "MimeType", "contentType")),
+            data="".join(data.split()) or None,
+        )
+
+    def first_text(self, element: Element, attributes: tuple[str, ...]) -> str | None:
+        return next((v for a in attributes if (v := self.text(element, a))), None)
 
     def report_id(self, element: Element) -> str | None:
         raw = element.get("ID")
@@ -309,6 +441,12 @@ class _WSXFReader:
         chart = self.only(children, "Chart")
         if chart is not None:
             step["chart"] = self.chart(chart)
+        attachments = [item for tag in ATTACHMENT_TAGS for item in children.get(tag, [])]
+        if attachments:
+            # A WSJF step holds one attachment; more than one is an error, not a silent loss.
+            if len(attachments) > 1:
+                raise self.error(attachments[1], "a step holds one attachment; this is a second")
+            step["attachment"] = self.attachment(attachments[0])
 
     def add_sequence(
         self, step: dict[str, Any], children: dict[str, list[Element]], element: Element
@@ -336,14 +474,18 @@ class _WSXFReader:
         }
 
     def numeric(self, element: Element) -> dict[str, Any]:
+        operator = self.compare_operator(element)
+        low, high = self.decimal(element, "LowLimit"), self.decimal(element, "HighLimit")
+        if operator in SINGLE_LIMIT_OPERATORS and low is None:
+            low, high = high, None
         return {
-            "compOp": self.compare_operator(element),
+            "compOp": operator,
             "name": self.text(element, "Name"),
             "status": self.status(element, "Status"),
             "unit": element.get("Units") or None,
             "value": self.decimal(element, "NumericValue"),
-            "highLimit": self.decimal(element, "HighLimit"),
-            "lowLimit": self.decimal(element, "LowLimit"),
+            "highLimit": high,
+            "lowLimit": low,
         }
 
     def boolean_meas(self, element: Element) -> dict[str, Any]:

@@ -13,7 +13,7 @@ instance and socket were tried, instead of hanging.
 from __future__ import annotations
 
 import itertools
-import os
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +40,23 @@ class CommandFailed(Exception):
 
 def _socket_file(endpoint: str) -> str:
     return endpoint.removeprefix("ipc://")
+
+
+def listening(endpoint: str) -> bool:
+    """Whether a process accepts connections on this ipc:// socket. A station killed with
+    SIGKILL leaves its socket files behind, and ZeroMQ would wait on one for ever; a plain
+    connect is refused at once when nobody listens."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)  # a full backlog blocks connect(): someone is there, only busy
+    try:
+        probe.connect(_socket_file(endpoint))
+    except TimeoutError:
+        return True
+    except OSError:  # refused (stale file), missing, or not ours to open
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 class StationClient:
@@ -71,7 +88,7 @@ class StationClient:
     def _connected(self) -> zmq.Socket:
         if self._socket is None:
             endpoint = self.paths.control_endpoint
-            if not os.path.exists(_socket_file(endpoint)):
+            if not listening(endpoint):
                 raise StationUnavailable(self._not_running())
             self._socket = new_socket(self._context, zmq.DEALER)
             self._socket.connect(endpoint)
@@ -105,6 +122,8 @@ class StationClient:
             raise CommandFailed(str(error.get("code", "error")), str(error.get("message", "")))
         # The socket may still receive the late reply; a fresh one keeps later calls clean.
         self.close()
+        if not listening(self.paths.control_endpoint):
+            raise StationUnavailable(self._not_running())  # it stopped or died meanwhile
         raise StationUnavailable(
             f"station '{self.paths.instance}' did not answer '{command}' within "
             f"{self.timeout_s if timeout_s is None else timeout_s:g} s"
@@ -138,7 +157,7 @@ class EventStream:
     ) -> None:
         self.paths = paths or instance_paths(instance)
         self._context = context or zmq.Context.instance()
-        if not os.path.exists(_socket_file(self.paths.events_endpoint)):
+        if not listening(self.paths.events_endpoint):
             raise StationUnavailable(StationClient(paths=self.paths)._not_running())
         self._sub = new_socket(self._context, zmq.SUB)
         for topic in topics:

@@ -21,11 +21,13 @@ class WorkerKind(StrEnum):
     WATCHER = "watcher"
     CONVERTER = "converter"
     UPLOADER = "uploader"
+    METRICS = "metrics"  # serves /metrics over HTTP; sends only heartbeats, runs no jobs
 
 
 # Workers stop in this order, so nothing is handed to a worker that is already gone: the
-# watcher first (no new files), the converters next, the uploader last.
-STOP_ORDER = (WorkerKind.WATCHER, WorkerKind.CONVERTER, WorkerKind.UPLOADER)
+# watcher first (no new files), the converters next, the uploader, then metrics (which serves
+# the station's health until the end).
+STOP_ORDER = (WorkerKind.WATCHER, WorkerKind.CONVERTER, WorkerKind.UPLOADER, WorkerKind.METRICS)
 
 # How a worker exits when it is not crashing: its supervisor is gone (orphaned), or it asks to
 # be replaced (its heap is in doubt after a MemoryError, or it never got its settings).
@@ -48,6 +50,7 @@ UPLOAD_ANSWER: FieldSpec = {
     "http_status": ((int,), False),
     "message": ((str,), False),
     "retry_after_s": ((float, int), False),
+    "clock_skew_s": ((float, int), False),  # the server's clock minus ours (health)
 }
 
 JOB_DATA: dict[JobKind, FieldSpec] = {
@@ -67,8 +70,14 @@ JOB_DATA: dict[JobKind, FieldSpec] = {
 }
 
 JOB_RESULT: dict[JobKind, FieldSpec] = {
-    JobKind.CONVERT: {"reports": ((list,), True)},
-    JobKind.VALIDATE: {"request_id": ((ANY,), False), "reports": ((list,), True)},
+    JobKind.CONVERT: {"reports": ((list,), True), "converter_version": ((str,), False)},
+    # The request's other arguments come back checked, for the supervisor to act on.
+    JobKind.VALIDATE: {
+        "request_id": ((ANY,), False),
+        "reports": ((list,), True),
+        "priority": ((int,), False),
+        "replace": ((bool,), False),
+    },
     JobKind.UPLOAD: UPLOAD_ANSWER,
     JobKind.PROBE: UPLOAD_ANSWER,
 }
@@ -80,8 +89,14 @@ WORKER_SETTINGS: dict[WorkerKind, FieldSpec] = {
         "converters_folder": ((str,), False),
         "station": ((dict,), True),
         "max_file_bytes": ((int,), True),
+        "processes_file": ((str,), False),  # converters.processes: read by converters
     },
-    WorkerKind.UPLOADER: {"server": ((dict,), True), "upload": ((dict,), True)},
+    WorkerKind.UPLOADER: {
+        "server": ((dict,), True),
+        "upload": ((dict,), True),
+        "processes_file": ((str,), False),  # refreshed by the uploader
+    },
+    WorkerKind.METRICS: {"metrics": ((dict,), True)},
 }
 
 
@@ -95,10 +110,14 @@ class EventTopic(StrEnum):
     REPORT_QUEUED = "report.queued"
     REPORT_COMPLETED = "report.completed"
     REPORT_FAILED = "report.failed"
+    REPORT_REPLACED = "report.replaced"
     FILE_DONE = "file.done"
     FILE_FAILED = "file.failed"
+    FILE_RETRIED = "file.retried"
     HEALTH = "health"
     PAUSE = "pause"
+    ALARM = "alarm"
+    METRICS = "metrics"
 
 
 def worker_topic(name: str) -> str:

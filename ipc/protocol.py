@@ -77,7 +77,9 @@ class UploadOutcome(StrEnum):
     UNAUTHORIZED = "unauthorized"  # 401/403: the token is wrong; nothing can succeed until fixed
     RATE_LIMITED = "rate_limited"  # 429: slow down for Retry-After
     SERVER_ERROR = "server_error"  # 5xx and other unexpected answers: retry with backoff
-    OFFLINE = "offline"  # refused, DNS, timeout, reset: the network or the server is away
+    OFFLINE = "offline"  # refused, DNS, connect timeout: the request never reached a server
+    NOT_WATS = "not_wats"  # 2xx, but not what WATS answers (an HTML page, another id...)
+    ANSWER_LOST = "answer_lost"  # sent, then reset or read timeout: it may have been stored
 
 
 ANY = object  # a field whose value may be any msgpack type
@@ -98,6 +100,7 @@ BODY_FIELDS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
         "name": ((str,), True),
         "kind": ((str,), True),
         "pid": ((int,), True),
+        "proof": ((bytes,), False),  # the per-spawn secret (ipc.handshake)
     },
     MsgType.WELCOME: {"settings": ((dict,), True)},
     MsgType.HEARTBEAT: {"jobs": ((list,), False), "rss": ((int,), False)},
@@ -239,6 +242,8 @@ def reply_ok(request_id: Any, result: Any = None) -> Message:
 
 
 def reply_error(request_id: Any, code: ErrorCode, message: str) -> Message:
+    # The message may quote what the caller sent, lone surrogates and all: it must encode.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return Message(
         MsgType.REPLY, {"ok": False, "error": {"code": str(code), "message": message}}, request_id
     )

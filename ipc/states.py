@@ -27,6 +27,7 @@ class ServerState(StrEnum):
     ONLINE = "Online"
     OFFLINE = "Offline"
     UNAUTHORIZED = "Unauthorized"
+    NOT_WATS = "NotWATS"  # it answers, but not like WATS (a proxy, a portal, a wrong URL)
 
 
 class ReportState(StrEnum):
@@ -43,3 +44,19 @@ class SourceState(StrEnum):
     CONVERTED = "converted"  # its reports are committed; the post action is due
     DONE = "done"  # post action performed (moved, deleted, archived or kept)
     FAILED = "failed"  # moved to the error folder with a reason beside it
+
+
+class HealthVerdict(StrEnum):
+    """The station's health, judged from its pipeline (supervisor/health.py), worst last."""
+
+    OK = "ok"
+    DEGRADED = "degraded"  # working, but a person should look
+    FAILING = "failing"  # results are not getting through, or soon will not
+
+
+class PauseTarget(StrEnum):
+    """What an operator can pause: uploads, conversions, or both ("all")."""
+
+    ALL = "all"
+    UPLOADS = "uploads"
+    CONVERSIONS = "conversions"

@@ -1,14 +1,18 @@
 """The ``wats-station`` command line: run the station, and talk to a running one.
 
-Errors are one line on stderr starting with ``error:``; exit status 1 for a failure, 2 for
-bad usage or a bad config, 3 when no station answers.
+Errors are one line on stderr starting with ``error:``, never a traceback (unless
+WATS_STATION_DEBUG is set); exit status 1 for a failure, 2 for bad usage or a bad config, 3
+when no station answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import getpass
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -16,12 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wats_station.converters.processes import PROCESSES_FILE_NAME
 from wats_station.ipc.client import CommandFailed, EventStream, StationClient, StationUnavailable
 from wats_station.ipc.endpoints import DEFAULT_INSTANCE, InstancePaths, instance_paths
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+DEBUG_ENV = "WATS_STATION_DEBUG"
 
 
 class CliError(Exception):
@@ -55,12 +61,14 @@ def cmd_service(args: argparse.Namespace) -> int:
     from wats_station.supervisor.logs import setup_logging
     from wats_station.supervisor.queue import QueueError
     from wats_station.supervisor.service import StartupError, run_service
+    from wats_station.supervisor.trust import make_files_private
 
     paths = _paths(args)
     try:
         config = load_config(paths)
     except ConfigError as error:
         raise CliError(f"configuration error: {error}", EXIT_USAGE) from None
+    make_files_private(paths)  # before the first file: the log
     setup_logging(paths, config.logging)
     try:
         return run_service(paths)
@@ -114,11 +122,25 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{queue.get(k, 0)} {k}" for k in ("pending", "processing", "completed", "failed")
         )
     )
+    by_priority = status.get("pending_by_priority") or []
+    if any(row["priority"] != 0 for row in by_priority):
+        print(
+            "           pending by priority: "
+            + ", ".join(f"{row['pending']} at {row['priority']}" for row in by_priority)
+        )
     files = status["files"]
     print(
         f"files      {files['converted']} converted, {files['failed']} failed, "
         f"{files['waiting']} waiting"
     )
+    for alarm in status.get("alarms", []):
+        print(f"ALARM      {alarm['alarm']}: {alarm['message']}")
+    print_paused(status.get("paused") or {})
+    health = status.get("health")
+    if health:
+        print(f"health     {health['verdict']}")
+        for reason in health["reasons"]:
+            print(f"           {reason['verdict']}: {reason['check']}: {reason['message']}")
     print()
     rows = [("WORKER", "KIND", "PID", "STATE", "RESTARTS", "UPTIME", "DOING")]
     for w in status["workers"]:
@@ -139,6 +161,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     print_table(rows)
     return 0
+
+
+def print_paused(paused: dict[str, Any]) -> None:
+    for kind, stamp in paused.items():
+        if stamp:
+            print(f"paused     {kind} (by {stamp['by']} at {stamp['at']})")
 
 
 def print_table(rows: list[tuple[str, ...]]) -> None:
@@ -169,7 +197,8 @@ def cmd_events(args: argparse.Namespace) -> int:
         while deadline is None or time.monotonic() < deadline:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             event = stream.next(remaining)
-            if event is not None:
+            # The figures for the metrics worker come every second: shown only when asked for.
+            if event is not None and (event.topic != "metrics" or args.topic):
                 print_event(event, args.json)
     return 0
 
@@ -227,22 +256,119 @@ def cmd_control(command: str) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+# -- operations: pause, health, files, trace ----------------------------------------------
+
+
+def operator() -> str:
+    """Who asks, for the pause record: user@host."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _what(args: argparse.Namespace) -> str:
+    if args.uploads and args.conversions:
+        return "all"
+    return "uploads" if args.uploads else "conversions" if args.conversions else "all"
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    if args.command == "pause":
+        result = _call_anywhere(args, "pause", what=_what(args), by=operator())
+    else:
+        result = _call_anywhere(args, "resume", what=_what(args))
+    paused = result["paused"]
+    if not any(paused.values()):
+        print("nothing is paused")
+    print_paused(paused)
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    health = _call(args, "get_health")
+    if args.json:
+        _print_json(health)
+    else:
+        print(health["verdict"])
+        for reason in health["reasons"]:
+            print(f"  {reason['verdict']}: {reason['check']}: {reason['message']}")
+    return 0 if health["verdict"] == "ok" else EXIT_FAILED
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    target = args.target
+    if "/" in target:
+        target = str(Path(target).absolute())
+    found = _call_anywhere(args, "trace", target=target)
+    if args.json:
+        _print_json(found)
+        return 0
+    for source in found["sources"]:
+        print(
+            f"file     {source['path']}  ({source['size']} bytes, sha256 {source['sha256']}, "
+            f"converter {source['converter']}, {source['state']})"
+        )
+    for report in found["reports"]:
+        print(f"report   {report['id']}  {report['state']}")
+    print()
+    for event in found["events"]:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["at"]))
+        subject = event["report_id"] or f"file #{event['source_id']}"
+        status = f" HTTP {event['http_status']}" if event["http_status"] else ""
+        detail = f"  {event['detail']}" if event["detail"] else ""
+        print(f"{stamp}  {subject:<36}  {event['what']}{status}{detail}")
+    return 0
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    if args.action == "retry":
+        if not args.names and not args.all_errors:
+            raise CliError("files retry needs file names or --all-errors", EXIT_USAGE)
+        result = _call_anywhere(
+            args,
+            "retry_files",
+            names=args.names or None,
+            all_errors=args.all_errors,
+            converter=args.converter,
+        )
+        for path in result["files"]:
+            print(f"back in the drop folder: {path}")
+        return 0
+    found = _call_anywhere(
+        args, "list_files", state=args.state, converter=args.converter, limit=args.limit
+    )
+    if args.json:
+        _print_json(found)
+        return 0
+    rows = [("STATE", "CONVERTER", "NAME", "REPORTS", "REASON")]
+    for f in found:
+        reason = (f["reason"] or "").splitlines()[0][:70] if f["reason"] else ""
+        rows.append((f["state"], f["converter"], f["name"], str(len(f["reports"])), reason))
+    print_table(rows)
+    return 0
+
+
 # -- queue --------------------------------------------------------------------------------
 
 
-def cmd_queue(args: argparse.Namespace) -> int:
+def _call_anywhere(args: argparse.Namespace, command: str, **arguments: Any) -> Any:
+    """Ask the running station, or run the command on the queue file of a stopped one."""
     from wats_station import offline
 
     paths = _paths(args)
-    command, arguments = _queue_request(args)
     if offline.station_stopped(paths):
         try:
-            result = offline.run_queue_command(paths, command, arguments)
+            return offline.run_queue_command(paths, command, arguments)
         except offline.control.CommandError as error:
             raise CliError(str(error)) from None
-    else:
-        result = _call(args, command, **arguments)
-    return _print_queue(args, result)
+    return _call(args, command, **arguments)
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    command, arguments = _queue_request(args)
+    return _print_queue(args, _call_anywhere(args, command, **arguments))
 
 
 def _queue_request(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
@@ -287,12 +413,13 @@ def _print_queue(args: argparse.Namespace, result: Any) -> int:
         for state in ("pending", "processing", "completed", "failed"):
             print(f"{state:<11} {result.get(state, 0)}")
     elif args.action == "list":
-        rows = [("ID", "STATE", "ATTEMPTS", "HTTP", "LAST ERROR")]
+        rows = [("ID", "STATE", "PRIORITY", "ATTEMPTS", "HTTP", "LAST ERROR")]
         for r in result:
             error = (r["last_error"] or "").splitlines()[0][:60] if r["last_error"] else ""
-            rows.append(
-                (r["id"], r["state"], str(r["attempts"]), str(r["last_http_status"] or ""), error)
-            )
+            rows.append((
+                r["id"], r["state"], str(r.get("priority", 0)), str(r["attempts"]),
+                str(r["last_http_status"] or ""), error,
+            ))  # fmt: skip
         print_table(rows)
     else:
         print(json.dumps(result))
@@ -311,10 +438,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
         raise CliError(
             f"{path}: line {error.lineno} column {error.colno}: not valid JSON: {error.msg}"
         ) from None
+    except RecursionError:
+        raise CliError(f"{path}: JSON nested too deeply to be a report") from None
     reports = report if isinstance(report, list) else [report]
     for item in reports:
-        result = _call(args, "submit_report", report=item)
-        print(f"queued {result['id']}")
+        result = _call(args, "submit_report", report=item, priority=args.priority)
+        print(f"queued {result['id']}" + (f" at priority {args.priority}" if args.priority else ""))
     return 0
 
 
@@ -331,22 +460,47 @@ def _load_config(paths: InstancePaths) -> Any:
 
 
 def _pick_converter(config: Any, path: Path, name: str | None) -> Any:
+    """The configured converter for ``path``: the one named, else the one its content calls for.
+
+    Content decides first (a TestStand XML file is not WSXF whatever its extension); a file no
+    standard converter recognises goes to the first CSV or custom converter whose patterns
+    match; failing that, the error says what the file looks like.
+    """
+    from wats_station.converters.recognise import RECOGNISED, recognise
+
     if name:
         conv = config.converter(name)
         if conv is None:
             known = ", ".join(c.name for c in config.converters)
             raise CliError(f"no converter named {name!r} (configured: {known})", EXIT_USAGE)
         return conv
+    try:
+        standard, looks_like = recognise(path)
+    except OSError as error:
+        raise CliError(f"{path}: cannot read it: {error.strerror or error}") from None
+    if standard is not None:
+        for conv in config.converters:
+            if conv.kind == "python" and conv.module == standard:
+                print(f"{path}: {looks_like}: converting with {conv.name!r}", file=sys.stderr)
+                return conv
     for conv in config.converters:
+        if conv.kind == "python" and conv.module in RECOGNISED:
+            continue  # its format is recognised by content, and this file is not it
         if any(fnmatch.fnmatch(path.name.lower(), p.lower()) for p in conv.file_patterns):
+            print(f"{path}: converting with {conv.name!r} (its patterns match)", file=sys.stderr)
             return conv
-    raise CliError(f"no configured converter matches {path.name}; name one with --converter")
+    missing = f"; no converter with module {standard!r} is configured" if standard else ""
+    raise CliError(
+        f"{path}: no configured converter recognises this file: it looks like {looks_like}"
+        f"{missing}; name one with --converter"
+    )
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from wats_station.supervisor.process import describe_exit
+    from wats_station.supervisor.trust import worker_environment
 
     config = _load_config(_paths(args))
     path = Path(args.file).absolute()
@@ -356,11 +510,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         "converter": asdict(conv),
         "converters_folder": config.converters_folder,
         "station": asdict(config.station),
+        "processes_file": str(_paths(args).data_dir / PROCESSES_FILE_NAME),
     }
     try:
         result = subprocess.run(
             [sys.executable, "-m", "wats_station.workers.converter", "--once"],
             input=json.dumps(job), capture_output=True, text=True, timeout=conv.deadline_s,
+            env=worker_environment(os.environ),
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         raise CliError(
@@ -434,6 +590,19 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    try:
+        from wats_station.gui.app import run
+    except ImportError as error:
+        if "PySide6" not in str(error):
+            raise
+        raise CliError(
+            "the station window needs PySide6, an optional extra: pip install 'wats-station[gui]'"
+        ) from None
+    return run(paths.instance)
+
+
 def run_demo(argv: list[str]) -> int:
     from wats_station.demo import main as demo_main
 
@@ -485,6 +654,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=("list", "restart", "stop", "start"))
     p.add_argument("name", nargs="?")
     p.add_argument("--json", action="store_true")
+    for name, words in (("pause", "pause"), ("resume", "resume")):
+        p = add(name, cmd_pause, f"{words} uploads and conversions (both unless one is named)")
+        p.add_argument("--uploads", action="store_true", help=f"{words} uploads")
+        p.add_argument("--conversions", action="store_true", help=f"{words} conversions")
+    p = add("health", cmd_health, "the health verdict; exit 0 when ok, 1 otherwise")
+    p.add_argument("--json", action="store_true", help="verdict, reasons and inputs as JSON")
+    p = add("trace", cmd_trace, "the custody trail of a file (path, name, sha256) or report id")
+    p.add_argument("target", metavar="FILE-OR-REPORT-ID")
+    p.add_argument("--json", action="store_true")
+    p = add("files", cmd_files, "list input files, or put quarantined ones back (retry)")
+    p.add_argument("action", choices=("list", "retry"))
+    p.add_argument("names", nargs="*", help="retry: names of quarantined files")
+    p.add_argument("--state", choices=("waiting", "converting", "error", "done"))
+    p.add_argument("--converter", help="only this converter's files")
+    p.add_argument("--all-errors", action="store_true", help="retry: every quarantined file")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
     add("stop", cmd_control("stop"), "stop the running station gracefully")
     add("restart", cmd_control("restart"), "restart every worker of the running station")
     add("reload", cmd_control("reload"), "re-read the config file (like SIGHUP)")
@@ -506,9 +692,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p = add("submit", cmd_submit, "queue a WSJF report file through the running station")
     p.add_argument("file")
+    p.add_argument(
+        "--priority", type=int, default=0, help="higher uploads first in a backlog (default 0)"
+    )
     p = add("convert", cmd_convert, "convert one file in a worker process and print the WSJF")
     p.add_argument("file")
-    p.add_argument("--converter", help="converter name (default: the first whose patterns match)")
+    p.add_argument("--converter", help="converter name (default: picked by the file's content)")
     p = add("converters", cmd_converters, "list the configured converters and their folders")
     p.add_argument("action", choices=("list",))
     p.add_argument("--json", action="store_true")
@@ -523,6 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--user", help="run the service as this user")
     p.add_argument("--python", help="interpreter of the station's venv (default: this one)")
     p.add_argument("--target-dir", default="/etc/systemd/system", help="where to write the unit")
+    add("gui", cmd_gui, "open the station window (needs: pip install 'wats-station[gui]')")
     sub.add_parser("demo", help="watch a station convert and upload sample files (see demo -h)")
     sub.add_parser("emulator", help="run the local WATS server emulator (see emulator -h)")
     return parser
@@ -549,6 +739,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as error:  # a read-only home, a full disk, a missing folder
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as error:
+        # A person gets one line; a developer who wants the traceback sets the variable.
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"error: unexpected {type(error).__name__}: {error} (set {DEBUG_ENV}=1 to see where)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

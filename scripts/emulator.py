@@ -1,9 +1,9 @@
 """A WATS server on loopback for tests, demos, benchmarks and chaos runs, with switchable faults.
 
 The API port answers what a station uses (``POST /api/Report/WSJF``, ``GET /api/Report/Wsjf/{id}``,
-``GET /api/App/Version``). The admin port never goes down and serves the counters and the fault
-switches (``/_stats``, ``/_received``, ``/_faults``, ``/_reset``); the API port serves them too
-while it is up::
+``GET /api/App/Version``, ``GET /api/App/Processes``). The admin port never goes down and serves
+the counters and the fault switches (``/_stats``, ``/_received``, ``/_faults``, ``/_reset``);
+the API port serves them too while it is up::
 
     with Emulator(token="secret", seed=1) as server:
         server.set_faults(failure_rate=0.2, latency_ms=50)
@@ -12,8 +12,14 @@ while it is up::
     python -m wats_station.emulator --port 8080 --token secret --verbose
 
 Report ids are compared as UUIDs, so they are stored and listed in canonical lower-case form.
-Faults other than ``unauthorized``, ``latency_ms`` and ``down`` apply to report POSTs only, so the
-connectivity check keeps answering while uploads fail.
+A stored report is answered as the real server does (``InsertReportResult``: ``{"ID": <the
+report's id>, "uuid": <id>, "Report_ID": <a number>}``, FORMATS.md and the pyWATS notes).
+Faults other than ``unauthorized``, ``latency_ms``, ``not_wats_rate``, ``down`` and
+``clock_offset_s`` (which shifts the ``Date`` header of every answer, as a server with a wrong
+clock would) apply to report POSTs only, so the connectivity check keeps answering while
+uploads fail. ``not_wats_rate`` answers any API call with ``200`` and an HTML page and stores
+nothing, as a captive portal, a proxy or a wrong URL would; ``drop_after_store_rate`` stores the
+report and then closes the connection without an answer.
 """
 
 from __future__ import annotations
@@ -42,6 +48,18 @@ from urllib.parse import unquote, urlsplit
 from wats_station.supervisor.atomic import write_atomically
 
 VERSION = "24.1.0-emulator"
+# The process list a fresh WATS server has (operation types by code), as GET /api/App/Processes
+# answers it; Emulator(processes=...) serves another.
+DEFAULT_PROCESSES: tuple[dict[str, Any], ...] = tuple(
+    {"code": code, "name": name, "description": name, "processIndex": index, "state": 1,
+     "isTestOperation": kind == "test", "isRepairOperation": kind == "repair",
+     "isWipOperation": kind == "wip"}
+    for index, (code, name, kind) in enumerate(
+        [(10, "SW Debug", "test"), (15, "PCBA Test", "test"), (20, "Final Function Test", "test"),
+         (90, "Burn In test", "test"), (100, "End of line test", "test"),
+         (500, "Repair", "repair"), (600, "Assembly", "wip")]
+    )
+)  # fmt: skip
 _log = logging.getLogger("wats.emulator")
 
 
@@ -73,7 +91,9 @@ FAULTS: dict[str, tuple[Any, Callable[[object], Any]]] = {
     "latency_ms": (0.0, _number(0, math.inf, False, "a number of milliseconds >= 0")),
     "drop_rate": (0.0, _rate),
     "drop_after_store_rate": (0.0, _rate),
+    "not_wats_rate": (0.0, _rate),
     "down": (False, _flag),
+    "clock_offset_s": (0.0, _number(-math.inf, math.inf, False, "a number of seconds")),
 }
 
 
@@ -150,6 +170,15 @@ class Reply:
     status: int
     body: bytes
     headers: tuple[tuple[str, str], ...] = ()
+    content_type: str = "application/json; charset=utf-8"
+
+
+NOT_WATS_PAGE = Reply(
+    200,
+    b"<!DOCTYPE html><html><head><title>Sign in to the guest network</title></head>"
+    b"<body><h1>Welcome</h1><p>Accept the terms of use to continue.</p></body></html>",
+    content_type="text/html; charset=utf-8",
+)
 
 
 def _json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -215,6 +244,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._handle("GET")
 
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        offset = self.server.emulator.faults()["clock_offset_s"]
+        return super().date_time_string((time.time() if timestamp is None else timestamp) + offset)
+
     def do_POST(self) -> None:
         self._handle("POST")
 
@@ -252,7 +285,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: Reply) -> None:
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(reply.body)))
         for name, value in reply.headers:
             self.send_header(name, value)
@@ -277,8 +310,10 @@ class Emulator:
         token: str | None = None,
         store_dir: Path | None = None,
         seed: int | None = None,
+        processes: list[dict[str, Any]] | None = None,
     ) -> None:
         self.host = host
+        self.processes = list(DEFAULT_PROCESSES if processes is None else processes)
         self._api_port = port
         self._admin_port = admin_port
         self._token = token
@@ -297,6 +332,7 @@ class Emulator:
         self._received: list[str] = []
         self._counts = dict.fromkeys(("received", "duplicates", "rejected"), 0)
         self._counts |= {"faults_injected": 0, "requests": 0}
+        self._report_numbers: dict[str, int] = {}  # the legacy Report_ID of each stored id
 
     @property
     def url(self) -> str:
@@ -399,6 +435,8 @@ class Emulator:
         if faults["unauthorized"]:
             self._count("faults_injected")
             return _DENIED
+        if self._injects(faults["not_wats_rate"]):
+            return NOT_WATS_PAGE
         if self._token is not None and authorization != f"Basic {self._token}":
             return _DENIED
         route = path.lower().rstrip("/")
@@ -408,6 +446,8 @@ class Emulator:
             return self._read_back(unquote(path.rstrip("/").rsplit("/", 1)[1]))
         if method == "GET" and route == "/api/app/version":
             return _json_reply(200, VERSION)
+        if method == "GET" and route == "/api/app/processes":
+            return _json_reply(200, self.processes)
         return _message(404, f"No HTTP resource was found that matches the request URI '{path}'.")
 
     def _submit(self, body: bytes, faults: dict[str, Any]) -> Reply | None:
@@ -429,12 +469,13 @@ class Emulator:
             return _message(400, problem)
         report_id = canonical_id(report["id"])
         assert report_id is not None  # report_problem checked it
-        self._store(report_id, body)
+        number = self._store(report_id, body)
         if self._injects(faults["drop_after_store_rate"]):
             return None
-        return _json_reply(200, {"ID": report_id, "uuid": report_id})
+        return _json_reply(200, {"ID": report_id, "uuid": report_id, "Report_ID": number})
 
-    def _store(self, report_id: str, body: bytes) -> None:
+    def _store(self, report_id: str, body: bytes) -> int:
+        """Keep the report; returns its Report_ID (the same for every overwrite of an id)."""
         if self._store_dir is not None:
             write_atomically(self._store_dir / f"{report_id}.json", body)
         with self._lock:
@@ -445,6 +486,7 @@ class Emulator:
             self._received.append(report_id)
             if self._store_dir is None:
                 self._in_memory[report_id] = body
+            return self._report_numbers.setdefault(report_id, len(self._report_numbers) + 1)
 
     def _read_back(self, raw_id: str) -> Reply:
         report_id = canonical_id(raw_id)

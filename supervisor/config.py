@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -27,9 +28,10 @@ TOKEN_ENV = "WATS_STATION_TOKEN"
 SECRET_KEYS = frozenset({"token"})
 MASK = "********"
 
-STANDARD_CONVERTERS = ("wsjf", "wsxf", "wstf", "csv")
+STANDARD_CONVERTERS = ("wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf")
 CONVERTER_KINDS = ("python", "process", "native")
 POST_ACTIONS = ("move", "delete", "archive", "keep")
+PRIORITY_RANGE = (-1000, 1000)  # report priority: higher uploads first; 0 is the default
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,47 @@ class UploadSettings:
 
 
 @dataclass(frozen=True)
+class HealthSettings:
+    unsent_degraded_s: float = key(
+        900.0, between(1, 1e9), "age of the oldest undelivered report that makes it degraded"
+    )
+    unsent_failing_s: float = key(14400.0, between(1, 1e9), "... that makes it failing")
+    waiting_files_degraded: int = key(200, between(1, 1e9), "files waiting that make it degraded")
+    waiting_degraded_s: float = key(
+        300.0, between(0.1, 1e9), "age of the oldest file waiting that makes it degraded"
+    )
+    waiting_failing_s: float = key(3600.0, between(0.1, 1e9), "... that makes it failing")
+    failures_window_s: float = key(
+        900.0, between(0.1, 1e9), "how far back quarantined files count as recent"
+    )
+    failures_degraded: int = key(1, between(1, 1e9), "recent quarantined files: degraded")
+    failures_failing: int = key(20, between(1, 1e9), "recent quarantined files: failing")
+    clock_skew_s: float = key(
+        300.0, between(1, 1e9), "clock difference from the server that makes it degraded"
+    )
+    interval_s: float = key(1.0, between(0.05, 3600), "how often the verdict is computed")
+
+
+def host_port(value: str) -> str | None:
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return f"must be empty (off) or host:port such as 127.0.0.1:9464, got {value!r}"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    listen: str = key(
+        "", host_port, "host:port of the metrics and health HTTP endpoint; off if empty"
+    )
+    interval_s: float = key(
+        1.0, between(0.05, 3600), "how often the supervisor publishes its figures"
+    )
+
+
+@dataclass(frozen=True)
 class SupervisorSettings:
     converter_workers: int = key(lambda: os.cpu_count() or 1, between(1, 50), "converter processes")
     heartbeat_interval_s: float = key(1.0, between(0.05, 60), "how often processes say they live")
@@ -125,7 +168,7 @@ class WatchSettings:
 class ConverterSettings:
     name: str = key(help="unique name of this converter")
     kind: str = key("python", one_of(*CONVERTER_KINDS), "python, process or native")
-    module: str = key("", help="python: a standard name (wsjf, wsxf, wstf, csv) or module.Class")
+    module: str = key("", help="python: a standard name (see STANDARD_CONVERTERS) or module.Class")
     command: list[str] = key(list, help="process: argv; {input} and {output} are replaced")
     output: str = key("stdout", one_of("stdout", "file"), "process: where WSJF comes out")
     library: str = key("", help="native: path of the shared library")
@@ -133,6 +176,11 @@ class ConverterSettings:
     done_folder: str = key("", help="where converted files go; default <watch>/Done")
     error_folder: str = key("", help="where failed files go; default <watch>/Error")
     file_patterns: list[str] = key(lambda: ["*"], help="file name patterns")
+    recursive: bool = key(False, help="also take files in subfolders (never Done/Error)")
+    max_depth: int | None = key(
+        None, between(1, 1000), "recursive: subfolder levels taken (1 = one level); none = all"
+    )
+    priority: int = key(0, between(*PRIORITY_RANGE), "higher uploads first when a backlog builds")
     post_action: str = key("move", one_of(*POST_ACTIONS), "what happens to a converted file")
     enabled: bool = key(True, help="watch this converter's folder")
     arguments: dict[str, Any] = key(dict, help="passed to the converter")
@@ -146,6 +194,19 @@ class LoggingSettings:
     level: str = key("INFO", one_of("DEBUG", "INFO", "WARNING", "ERROR"), "log level")
     file_max_mb: float = key(10.0, between(0.01, 10240), "log file size that triggers rotation")
     file_backups: int = key(5, between(0, 1000), "rotated log files kept")
+    format: str = key("text", one_of("text", "json"), "text for people, json: one object a line")
+
+
+@dataclass(frozen=True)
+class AdmissionSettings:
+    stop_below_mb: float = key(
+        500.0,
+        between(0, 1 << 30),
+        "free space on the queue's disk below which no new files or submits are taken (0: never)",
+    )
+    resume_above_mb: float = key(
+        1000.0, between(0, 1 << 30), "free space above which new work is taken again"
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +219,9 @@ class Config:
     converters: list[ConverterSettings] = key(list)
     converters_folder: str = key("", help="folder searched for python converter modules")
     logging: LoggingSettings = key(LoggingSettings)
+    admission: AdmissionSettings = key(AdmissionSettings)
+    health: HealthSettings = key(HealthSettings)
+    metrics: MetricsSettings = key(MetricsSettings)
 
     def converter(self, name: str) -> ConverterSettings | None:
         return next((c for c in self.converters if c.name == name), None)
@@ -165,8 +229,13 @@ class Config:
 
 def default_converters() -> list[ConverterSettings]:
     return [
-        ConverterSettings(name=name, kind="python", module=name, file_patterns=[f"*.{ext}"])
-        for name, ext in zip(STANDARD_CONVERTERS, ("json", "xml", "txt", "csv"), strict=True)
+        # Both cases: testers on Windows write "REPORT.XML", and Linux matches case-sensitively.
+        ConverterSettings(
+            name=name, kind="python", module=name, file_patterns=[f"*.{ext}", f"*.{ext.upper()}"]
+        )
+        for name, ext in zip(
+            STANDARD_CONVERTERS, ("json", "xml", "txt", "csv", "xml", "xml", "json"), strict=True
+        )
     ]
 
 
@@ -178,6 +247,12 @@ def _type_name(tp: Any) -> str:
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = (option for option in options if option is not type(None))
+        return _convert(value, inner, where)
     if isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
         return _parse_section(tp, value, where)
     if origin is list:
@@ -214,7 +289,7 @@ def _parse_section(cls: type, data: Any, where: str) -> Any:
             continue
         value = _convert(data[name], hints[name], path)
         check = spec.metadata.get("check")
-        problem = check(value) if check else None
+        problem = check(value) if check and value is not None else None
         if problem:
             raise ConfigError(f"{path}: {problem}")
         values[name] = value
@@ -235,6 +310,8 @@ def parse_config(data: Any, paths: InstancePaths, env: Mapping[str, str] | None 
             raise ConfigError(f"{where}.name: must be a unique, non-empty name, got {conv.name!r}")
         seen.add(conv.name)
         _check_converter_kind(conv, where)
+        if conv.max_depth is not None and not conv.recursive:
+            raise ConfigError(f"{where}.max_depth: only applies with 'recursive': true")
         watch = Path(conv.watch_folder or paths.data_dir / "drop" / conv.name)
         resolved.append(
             replace(
@@ -243,6 +320,12 @@ def parse_config(data: Any, paths: InstancePaths, env: Mapping[str, str] | None 
                 done_folder=conv.done_folder or str(watch / "Done"),
                 error_folder=conv.error_folder or str(watch / "Error"),
             )
+        )
+    admission = config.admission
+    if admission.resume_above_mb < admission.stop_below_mb:
+        raise ConfigError(
+            f"admission.resume_above_mb: must be at least stop_below_mb "
+            f"({admission.stop_below_mb:g}), got {admission.resume_above_mb:g}"
         )
     server = config.server
     if env.get(SERVER_URL_ENV):
@@ -318,3 +401,18 @@ def write_config_file(path: Path, document: dict[str, Any]) -> None:
     """Write a config atomically and owner-only (0600): it may hold the server token."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, (json.dumps(document, indent=2) + "\n").encode())
+
+
+def merge_config_changes(document: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``document`` with ``changes`` (a partial config document) laid over it, section by
+    section. A secret sent back masked means "unchanged", so a form that never shows the
+    token can still save everything else."""
+    merged = dict(document)
+    for name, value in changes.items():
+        if name in SECRET_KEYS and value == MASK:
+            continue
+        if isinstance(value, dict) and isinstance(merged.get(name), dict):
+            merged[name] = merge_config_changes(merged[name], value)
+        else:
+            merged[name] = value
+    return merged

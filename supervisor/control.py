@@ -10,19 +10,34 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from wats_station.converters.base import canonical_id
 from wats_station.converters.wsjf import InvalidReport, serialise_submitted
+from wats_station.ipc.contract import EventTopic
 from wats_station.ipc.endpoints import InstancePaths
-from wats_station.ipc.protocol import ErrorCode, Message, reply_error, reply_ok
-from wats_station.ipc.states import ReportState
-from wats_station.supervisor.config import Config, ConfigError, config_to_dict
-from wats_station.supervisor.conversions import Conversions
+from wats_station.ipc.protocol import ErrorCode, JobKind, Message, reply_error, reply_ok
+from wats_station.ipc.states import PauseTarget, ReportState
+from wats_station.supervisor import files, trail
+from wats_station.supervisor.config import (
+    PRIORITY_RANGE,
+    Config,
+    ConfigError,
+    config_to_dict,
+    merge_config_changes,
+    parse_config,
+    write_config_file,
+)
+from wats_station.supervisor.conversions import Conversions, note_replacement
+from wats_station.supervisor.guard import QueueGuard
+from wats_station.supervisor.health import Health
+from wats_station.supervisor.pause import Pause
 from wats_station.supervisor.process import WorkerProcess
-from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.queue import QueueError, QueueWriteError, ReportQueue
 from wats_station.supervisor.uploads import Uploads
 
 log = logging.getLogger("wats-station")
@@ -40,12 +55,15 @@ class Station(Protocol):
     queue: ReportQueue
     conversions: Conversions
     uploads: Uploads
+    pause: Pause
+    health: Health
+    guard: QueueGuard
 
     @property
     def workers(self) -> dict[str, WorkerProcess]: ...
     def status(self) -> dict[str, Any]: ...
     def reload(self) -> dict[str, Any]: ...
-    def submit(self, report_id: str, payload: bytes) -> None: ...
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
     def stop_after_reply(self) -> None: ...
     def stop_worker(self, worker: WorkerProcess, reason: str) -> None: ...
     def start_worker(self, worker: WorkerProcess) -> None: ...
@@ -104,6 +122,14 @@ def dispatch(station: Station, request: Message) -> Message:
         return reply_ok(request.id, run(station, name, args))
     except CommandError as error:
         return reply_error(request.id, error.code, str(error))
+    except QueueWriteError as error:  # the disk, not the request: say which
+        return reply_error(request.id, ErrorCode.UNAVAILABLE, f"{name}: {error}")
+    except RecursionError:
+        return reply_error(request.id, ErrorCode.BAD_ARGUMENTS, f"{name}: nested too deeply")
+    except UnicodeError as error:
+        return reply_error(
+            request.id, ErrorCode.BAD_ARGUMENTS, f"{name}: text that is not valid Unicode: {error}"
+        )
     except Exception as error:
         log.exception("control command %r failed", name)
         return reply_error(
@@ -140,6 +166,33 @@ OPT_STR = ((str,), False)
 OPT_INT = ((int,), False)
 OPT_BOOL = ((bool,), False)
 OPT_NUM = ((int, float), False)
+# The most rows one list call returns: enough for any screen, small enough for one reply.
+MAX_LIST_LIMIT = 10_000
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
+
+
+def _bounded(
+    command: str, args: dict[str, Any], name: str, low: int, high: int, default: int
+) -> int:
+    value = args.get(name)
+    if value is None:
+        return default
+    if not low <= value <= high:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{command}: {name} must be between {low} and {high}, got {value}",
+        )
+    return value
+
+
+def _report_id(command: str, value: object) -> str:
+    """A report id as the queue keys it (any UUID spelling is accepted)."""
+    try:
+        return canonical_id(value)  # type: ignore[arg-type]
+    except ValueError:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS, f"{command}: {str(value)[:80]!r} is not a report id (a UUID)"
+        ) from None
 
 
 def _worker(station: Station, name: str) -> WorkerProcess:
@@ -245,6 +298,7 @@ def _report_summary(report: Any, *, with_payload: bool = False) -> dict[str, Any
         "last_http_status": report.last_http_status,
         "created_at": report.created_at,
         "updated_at": report.updated_at,
+        "priority": report.priority,
     }
     if with_payload:
         summary["report"] = json.loads(report.payload)
@@ -266,15 +320,18 @@ def list_reports(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]
             ErrorCode.BAD_ARGUMENTS,
             f"list_reports: no state {state!r}; states: {', '.join(ReportState)}",
         )
-    reports = station.queue.list(
-        ReportState(state) if state else None, args.get("limit") or 100, args.get("offset") or 0
-    )
+    limit = _bounded("list_reports", args, "limit", 1, MAX_LIST_LIMIT, 100)
+    offset = _bounded("list_reports", args, "offset", 0, MAX_OFFSET, 0)
+    reports = station.queue.list(ReportState(state) if state else None, limit, offset)
     return [_report_summary(r) for r in reports]
 
 
 @command("get_report", "One report with its WSJF content.", id=STR)
 def get_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
-    report = station.queue.get(args["id"])
+    try:
+        report = station.queue.get(_report_id("get_report", args["id"]))
+    except QueueError as error:  # its payload is damaged: say so, not "internal"
+        raise CommandError(ErrorCode.UNAVAILABLE, str(error)) from None
     if report is None:
         raise CommandError(ErrorCode.NOT_FOUND, f"no report with id {args['id']!r} in the queue")
     return _report_summary(report, with_payload=True)
@@ -287,9 +344,14 @@ def get_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     failed=OPT_BOOL,
 )
 def retry_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
-    ids = [str(i) for i in args.get("ids") or ()]
+    ids = [_report_id("retry_reports", i) for i in args.get("ids") or ()]
     if not ids and not args.get("failed"):
         raise CommandError(ErrorCode.BAD_ARGUMENTS, "retry_reports: give 'ids' or failed=true")
+    unknown = sorted(set(ids) - set(station.queue.stored_payloads(ids)))
+    if unknown:
+        raise CommandError(
+            ErrorCode.NOT_FOUND, f"retry_reports: no report {', '.join(unknown)} in the queue"
+        )
     return {"retried": station.queue.retry(ids, failed=bool(args.get("failed")))}
 
 
@@ -311,20 +373,200 @@ def clean_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
 
 @command(
     "submit_report",
-    "Queue one WSJF report; the reply comes after it is durably committed.",
+    "Queue one WSJF report; the reply comes after it is durably committed. A different report "
+    "under the id of a queued or completed one is refused (conflict) unless replace=true.",
     report=((dict, str, bytes), True),
+    replace=OPT_BOOL,
+    priority=OPT_INT,
 )
 def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
     # Requests over a few hundred kilobytes never get here: a converter worker decodes and
-    # validates them (JobKind.VALIDATE), so a big report cannot stall the station's loop.
+    # validates them (JobKind.VALIDATE), so a big report cannot stall the station's loop; its
+    # answer goes through queue_submitted all the same.
     try:
         report_id, payload = serialise_submitted(args["report"])
     except InvalidReport as error:
         raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
-    station.submit(report_id, payload)
-    return {"id": report_id, "state": str(ReportState.PENDING)}
+    return queue_submitted(
+        station,
+        report_id,
+        payload,
+        priority=args.get("priority") or 0,
+        replace=bool(args.get("replace")),
+    )
+
+
+def queue_submitted(
+    station: Station, report_id: str, payload: bytes, *, priority: int, replace: bool
+) -> dict[str, Any]:
+    """Queue one validated report (``serialise_submitted``: canonical id, no NaN) for
+    submit_report, decoded here or in a converter worker; durable when the turn commits."""
+    low, high = PRIORITY_RANGE
+    if not low <= priority <= high:
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"submit_report: priority must be between {low} and {high}, got {priority}",
+        )
+    guard = getattr(station, "guard", None)  # None: a queue command on a stopped station
+    if guard is not None and (refusal := guard.refusal()):
+        raise CommandError(ErrorCode.UNAVAILABLE, f"not taking new reports: {refusal}")
+    stored = station.queue.stored_payloads([report_id]).get(report_id)
+    if stored is not None and stored[1] == payload:
+        return {"id": report_id, "state": str(stored[0]), "unchanged": True}
+    if stored is not None:
+        if not replace:
+            raise CommandError(
+                ErrorCode.CONFLICT,
+                f"a different report with id {report_id} is already {stored[0]}; "
+                "submit it with replace=true to replace it",
+            )
+        note_replacement(station.publish, report_id, stored[0], "submit_report")
+    try:
+        station.queue.enqueue([(report_id, payload)], priority=priority)
+    except QueueWriteError as error:
+        if guard is not None:
+            guard.note(error)
+        raise CommandError(ErrorCode.UNAVAILABLE, f"report not queued: {error}") from None
+    uploads = getattr(station, "uploads", None)
+    if uploads is not None:
+        uploads.wake()
+    station.publish(EventTopic.REPORT_QUEUED, {"id": report_id, "source": "submit_report"})
+    return {"id": report_id, "state": str(ReportState.PENDING), "priority": priority}
 
 
 @command("list_converters", "Every configured converter with its folders and file counts.")
 def list_converters(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
     return station.conversions.describe()
+
+
+# -- operations: pause, health, files, the custody trail -----------------------------------
+# These also run on a stopped station (scripts/offline.py), where `station` carries only the
+# queue, the config and the pause; what needs the live station is looked up with getattr.
+
+
+def _check_what(command_name: str, what: str) -> str:
+    if what not in set(PauseTarget):
+        raise CommandError(
+            ErrorCode.BAD_ARGUMENTS,
+            f"{command_name}: 'what' must be one of {', '.join(PauseTarget)}, not {what!r}",
+        )
+    return what
+
+
+@command(
+    "pause",
+    "Pause uploads and/or conversions until resumed, across restarts; nothing is lost.",
+    what=OPT_STR,
+    by=OPT_STR,
+)
+def pause(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    what = _check_what("pause", args.get("what") or "all")
+    by = args.get("by") or "unknown"
+    paused = station.pause.pause(what, by)
+    log.warning("%s paused by %s", what, by)
+    station.publish("pause", {"action": "pause", "what": what, "by": by, "paused": paused})
+    return {"paused": paused}
+
+
+@command("resume", "Resume what pause stopped; queued work goes at the usual pace.", what=OPT_STR)
+def resume(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    what = _check_what("resume", args.get("what") or "all")
+    paused = station.pause.resume(what)
+    log.warning("%s resumed", what)
+    station.publish("pause", {"action": "resume", "what": what, "paused": paused})
+    uploads = getattr(station, "uploads", None)
+    if uploads is not None:
+        uploads.wake()
+    return {"paused": paused}
+
+
+@command("get_health", "The health verdict, its reasons, and the inputs it was judged from.")
+def get_health(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    return station.health.report()
+
+
+def _converting(station: Station) -> dict[str, str]:
+    return {
+        os.fsdecode(job.data["path"]): job.data["converter"]
+        for worker in getattr(station, "workers", {}).values()
+        for job in worker.jobs.values()
+        if job.kind == JobKind.CONVERT
+    }
+
+
+@command(
+    "list_files",
+    "Input files: waiting, converting, in error (with the reason) or done.",
+    state=OPT_STR,
+    converter=OPT_STR,
+    limit=OPT_INT,
+)
+def list_files(station: Station, args: dict[str, Any]) -> list[dict[str, Any]]:
+    try:
+        return files.list_files(
+            station.queue,
+            station.config,
+            state=args.get("state"),
+            converter=args.get("converter"),
+            limit=args.get("limit") or 100,
+            converting=_converting(station),
+        )
+    except files.FilesError as error:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, str(error)) from None
+
+
+@command(
+    "retry_files",
+    "Put quarantined files back through their converter (by name, or every one).",
+    names=((list,), False),
+    all_errors=OPT_BOOL,
+    converter=OPT_STR,
+)
+def retry_files(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    try:
+        result = files.retry(
+            station.queue,
+            station.config,
+            names=[str(n) for n in args.get("names") or ()],
+            all_errors=bool(args.get("all_errors")),
+            converter=args.get("converter"),
+        )
+    except files.FilesError as error:
+        raise CommandError(ErrorCode.NOT_FOUND, str(error)) from None
+    for path in result["files"]:
+        log.info("retrying %s", path)
+        station.publish("file.retried", {"path": path})
+    return result
+
+
+@command("trace", "The custody trail of a file (path, name, sha256) or a report id.", target=STR)
+def trace(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    found = trail.trace(station.queue, args["target"])
+    if found is None:
+        raise CommandError(
+            ErrorCode.NOT_FOUND, f"the queue knows no file or report {args['target']!r}"
+        )
+    return found
+
+
+@command(
+    "save_config",
+    "Change keys of the config file (a partial document), check, write it and reload.",
+    changes=((dict,), True),
+)
+def save_config(station: Station, args: dict[str, Any]) -> dict[str, Any]:
+    file = station.paths.config_file
+    try:
+        document = json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+    except (OSError, ValueError) as error:
+        raise CommandError(ErrorCode.CONFLICT, f"{file}: cannot read: {error}") from None
+    if not isinstance(document, dict):
+        raise CommandError(ErrorCode.CONFLICT, f"{file}: is not a JSON object")
+    merged = merge_config_changes(document, args["changes"])
+    try:
+        parse_config(merged, station.paths)
+    except ConfigError as error:
+        raise CommandError(ErrorCode.BAD_ARGUMENTS, f"config refused: {error}") from None
+    write_config_file(file, merged)
+    result = reload(station, {})
+    return {"saved": str(file), **result}

@@ -26,6 +26,7 @@ from typing import Any
 
 import zmq
 
+from wats_station.converters.processes import PROCESSES_FILE_NAME
 from wats_station.ipc.contract import (
     EXIT_ORPHANED,
     JOB_RUNNER,
@@ -39,6 +40,7 @@ from wats_station.ipc.sockets import send
 from wats_station.ipc.states import WorkerState
 from wats_station.supervisor.config import Config
 from wats_station.supervisor.process import Job, WorkerProcess, worker_command
+from wats_station.supervisor.trust import hello_refusal, may_send
 
 log = logging.getLogger("wats-station")
 
@@ -62,11 +64,14 @@ def worker_settings(kind: str, config: Config) -> dict[str, Any]:
             "station": asdict(config.station),
             "max_file_bytes": int(config.watch.max_file_mb * 1024 * 1024),
         }
+    if kind == WorkerKind.METRICS:
+        return {"metrics": asdict(config.metrics)}
     return {}
 
 
 def capacity(kind: str, config: Config) -> int:
-    """How many jobs a worker of this kind is given at once. (An uploader given more jobs
+    """How many jobs a worker of this kind is given at once (the watcher and the metrics
+    worker run none). (An uploader given more jobs
     than connections would keep one waiting, saving a round trip per upload, but would
     then POST it even after a 429 told the whole queue to wait.)"""
     if kind == WorkerKind.UPLOADER:
@@ -86,6 +91,7 @@ class Fleet:
         publish: Callable[[str, dict[str, Any]], None],
         job_lost: JobLost,
         after_commit: Callable[[Callable[[], None]], None],
+        on_rollback: Callable[[Callable[[], None]], None] = lambda action: None,
     ) -> None:
         self.paths = paths
         self.config = config
@@ -95,6 +101,7 @@ class Fleet:
         self.publish = publish
         self.job_lost = job_lost
         self.after_commit = after_commit
+        self.on_rollback = on_rollback
         self.workers: dict[str, WorkerProcess] = {}
         self.by_identity: dict[bytes, WorkerProcess] = {}
         self.stopping = False
@@ -108,6 +115,8 @@ class Fleet:
         wanted = {"watcher": WorkerKind.WATCHER, "uploader": WorkerKind.UPLOADER}
         for index in range(1, config.supervisor.converter_workers + 1):
             wanted[f"converter-{index}"] = WorkerKind.CONVERTER
+        if config.metrics.listen:
+            wanted["metrics"] = WorkerKind.METRICS
         for name, kind in wanted.items():
             if name not in self.workers:
                 worker = WorkerProcess(name, str(kind), config.supervisor, self._changed)
@@ -177,14 +186,22 @@ class Fleet:
             return False
         return True
 
-    def hello(self, identity: bytes, body: dict[str, Any], now: float) -> bool:
+    def hello(self, identity: bytes, body: dict[str, Any], now: float, peer: str | None) -> bool:
+        """Welcome a worker we spawned (supervisor.trust: its secret, its pid, the peer pid
+        libzmq saw); anyone else gets no answer, so no settings and never the token."""
         worker = self.workers.get(body["name"])
-        if worker is None or worker.pid != body["pid"]:
-            log.warning("ignored hello from unknown worker %s (pid %s)", body["name"], body["pid"])
+        refusal = hello_refusal(worker, body, peer)
+        if refusal is not None:
+            log.warning("refused hello from %r (pid %s): %s", body["name"], body["pid"], refusal)
             return False
+        assert worker is not None
         self.by_identity[identity] = worker
         worker.hello(identity, now)
-        welcome = {"settings": worker_settings(worker.kind, self.config)}
+        settings = worker_settings(worker.kind, self.config)
+        if worker.kind in (WorkerKind.CONVERTER, WorkerKind.UPLOADER):
+            # uploaders refresh this cache, converters read it (converters.processes)
+            settings["processes_file"] = str(self.paths.data_dir / PROCESSES_FILE_NAME)
+        welcome = {"settings": settings}
         self.send(worker, Message(MsgType.WELCOME, welcome))
         if worker.state is WorkerState.STOPPING:
             self.send(worker, Message(MsgType.SHUTDOWN))
@@ -195,6 +212,14 @@ class Fleet:
         if worker is not None:
             worker.last_seen = max(worker.last_seen, now)
         return worker
+
+    @staticmethod
+    def may_send(worker: WorkerProcess, message_type: MsgType) -> bool:
+        """Whether a worker of this kind sends messages of this type (supervisor.trust)."""
+        if may_send(worker.kind, message_type):
+            return True
+        log.warning("dropped %s from %s: not a %s message", message_type, worker.name, worker.kind)
+        return False
 
     def dispatch(
         self, worker: WorkerProcess, kind: JobKind, data: dict[str, Any], deadline_s: float | None
@@ -216,6 +241,8 @@ class Fleet:
         # file converted, on the strength of a record that a crash could still undo. If the
         # worker is gone by then, its exit hands the job back (job_lost).
         self.after_commit(lambda: self.send(worker, message))
+        # Rolled back, the job never went out: its worker's slot is free again.
+        self.on_rollback(lambda: worker.jobs.pop(job.job_id, None))
         worker.jobs[job.job_id] = job
         return job
 

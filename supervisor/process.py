@@ -20,9 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from wats_station.ipc.handshake import SECRET_FD_OPTION, new_secret, secret_pipe
 from wats_station.ipc.states import WorkerState
 from wats_station.supervisor.config import SupervisorSettings
-from wats_station.supervisor.notify import SYSTEMD_ONLY_ENV
+from wats_station.supervisor.trust import worker_environment
 
 log = logging.getLogger("wats-station")
 
@@ -68,6 +69,7 @@ class WorkerProcess:
     pidfd: int | None = None
     output_fd: int | None = None
     identity: bytes | None = None
+    secret: bytes | None = None  # what this incarnation must say in its HELLO (ipc.handshake)
     capacity: int = 1
     restarts: int = 0
     failures: int = 0
@@ -116,27 +118,31 @@ class WorkerProcess:
             self.on_change(self, old, reason)
 
     def spawn(self, command: list[str], now: float) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ONLY_ENV}
+        env = worker_environment(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
+        self.secret = new_secret()
+        secret_fd = secret_pipe(self.secret)
         read_fd, write_fd = os.pipe()
         try:
             self.popen = subprocess.Popen(
-                command,
+                [*command, SECRET_FD_OPTION, str(secret_fd)],
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
                 env=env,
                 process_group=0,
                 close_fds=True,
+                pass_fds=(secret_fd,),
             )
         except OSError as error:
             os.close(read_fd)
             os.close(write_fd)
-            self.popen = None
+            self.popen = self.secret = None
             self.exit_reason = f"could not start: {error}"
             self._schedule_restart(now, self.exit_reason)
             return
         finally:
+            os.close(secret_fd)
             if self.popen is not None:
                 os.close(write_fd)
         os.set_blocking(read_fd, False)
@@ -151,6 +157,7 @@ class WorkerProcess:
 
     def hello(self, identity: bytes, now: float) -> None:
         self.identity = identity
+        self.secret = None  # one HELLO per incarnation
         self.ready_at = self.last_seen = now
         if self.state is WorkerState.STARTING:
             self.change_state(WorkerState.RUNNING, "said hello")
@@ -249,7 +256,7 @@ class WorkerProcess:
         if self.kill_reason:
             reason = f"{reason} ({self.kill_reason})"
         self.exit_reason = reason
-        self.identity = None
+        self.identity = self.secret = None
         stable = self.ready_at is not None and now - self.ready_at >= self.settings.stable_uptime_s
         if self.restart_when_stopped:
             self.restart_when_stopped = False

@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import zmq
@@ -41,15 +42,21 @@ from wats_station.ipc.protocol import (
     reply_ok,
 )
 from wats_station.ipc.sockets import new_socket, send
-from wats_station.ipc.states import ReportState, ServiceState, WorkerState
+from wats_station.ipc.states import ServiceState, WorkerState
 from wats_station.supervisor import control
 from wats_station.supervisor.config import Config, ConfigError, load_config
 from wats_station.supervisor.conversions import Conversions
 from wats_station.supervisor.fleet import Fleet, worker_settings
+from wats_station.supervisor.guard import QueueGuard
+from wats_station.supervisor.health import Health
 from wats_station.supervisor.lock import InstanceLock
+from wats_station.supervisor.logs import flush_repeats, setup_logging
 from wats_station.supervisor.notify import Notifier
+from wats_station.supervisor.pause import Pause
 from wats_station.supervisor.process import Job, WorkerProcess
-from wats_station.supervisor.queue import ReportQueue
+from wats_station.supervisor.queue import QueueWriteError, ReportQueue
+from wats_station.supervisor.telemetry import Telemetry
+from wats_station.supervisor.trust import peer_address
 from wats_station.supervisor.turn import Turn
 from wats_station.supervisor.uploads import Uploads
 from wats_station.workers.crashpoints import crash_point
@@ -71,6 +78,8 @@ VALIDATE_DEADLINE_S = 300.0
 DROP_LOG_INTERVAL_S = 5.0
 SLOW_TURN_S = 0.25
 STATUS_INTERVAL_S = 1.0
+# The answer to a request whose turn's writes were rolled back (a full disk).
+UNRECORDED = (ErrorCode.UNAVAILABLE, "the queue could not be written (see the alarms); try again")
 
 
 class StartupError(Exception):
@@ -106,6 +115,8 @@ class Station:
         self.fleet: Fleet | None = None
         self.turn: Turn | None = None
         self._ready: dict[Any, int] = {}
+        self.health = Health(self)
+        self.telemetry = Telemetry(self)
 
     # -- start-up ---------------------------------------------------------------------
 
@@ -114,12 +125,14 @@ class Station:
         self._lock = InstanceLock.acquire(self.paths.lock_file, self.paths.instance)
         self.paths.data_dir.mkdir(parents=True, exist_ok=True)
         self.queue = ReportQueue(self.paths.queue_db)
+        if self.queue.created:
+            log.warning("no queue database at %s: created an empty queue", self.paths.queue_db)
         recovered = self.queue.recover()
         if recovered:
             log.info(
                 "%d report(s) were being uploaded when the station stopped; queued again", recovered
             )
-        self.turn = Turn(self.queue)
+        self.turn = Turn(self.queue, may_write=lambda: self.guard.writes_ok)
         self._context = zmq.Context()
         self._context.setsockopt(zmq.LINGER, 0)
         self.worker_socket = new_socket(self._context, zmq.ROUTER, self.max_message_bytes)
@@ -139,8 +152,22 @@ class Station:
             publish=self.publish,
             job_lost=self._job_lost,
             after_commit=lambda action: self.turn.after_commit(action, first=True),
+            on_rollback=self.turn.on_rollback,
         )
-        self.uploads = Uploads(self.queue, lambda: self.config, self.fleet, self.publish)
+        self.pause = Pause(self.queue)
+        if self.pause.describe():
+            log.warning("%s (resume with: wats-station resume)", self.pause.describe())
+        self.guard = QueueGuard(self)
+        self.uploads = Uploads(
+            self.queue,
+            lambda: self.config,
+            self.fleet,
+            self.publish,
+            paused=lambda: self.pause.uploads,
+            answered=self.telemetry.upload_answered,
+            clock_skew=self._clock_skew,
+            on_rollback=self.turn.on_rollback,
+        )
         # Recovers unfinished files: needs the events socket.
         self.conversions = Conversions(
             self.queue,
@@ -149,6 +176,10 @@ class Station:
             self.turn,
             publish=self.publish,
             reports_queued=self.uploads.wake,
+            refusal=self.guard.refusal,
+            note_error=self.guard.note,
+            paused=lambda: self.pause.conversions,
+            dropped=self._count_dropped,
         )
         self._signal_r, self._signal_w = socket.socketpair()
         self._signal_r.setblocking(False)
@@ -157,6 +188,12 @@ class Station:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda *_: None)  # the wakeup fd carries the number to the loop
         self.set_title("running")
+
+    def _clock_skew(self, seconds: float) -> None:
+        self.health.clock_skew_s = seconds
+
+    def _count_dropped(self) -> None:
+        self.dropped_messages += 1
 
     @property
     def workers(self) -> dict[str, WorkerProcess]:
@@ -185,10 +222,15 @@ class Station:
                 # were not silent, we were not listening.
                 self.fleet.forgive(now - woke_by)
             self._keep_rhythm(now)
-            with self.turn.run():
-                drained = self._serve(now)
-                self.tick(now, judge=drained)
+            drained = True
+            try:
+                with self.turn.run():
+                    drained = self._serve(now)
+                    self.tick(now, judge=drained)
+                    served = time.monotonic()
+            except QueueWriteError as error:
                 served = time.monotonic()
+                self._turn_rolled_back(error)
             self._note_slow_turn(now, served)
             stopped = self.state is ServiceState.STOPPING and not self.fleet.any_alive()
             if stopped and not self.turn.has_next:  # files moved are marked done first
@@ -199,6 +241,15 @@ class Station:
             timeout = 0.0 if busy else self._poll_timeout(now)
             woke_by = now + timeout
             self._ready = dict(poller.poll(timeout * 1000))
+
+    def _turn_rolled_back(self, error: QueueWriteError) -> None:
+        """The turn's commit failed (a full disk): nothing of it is durable, and the handlers
+        have undone what they kept in memory (``Turn.on_rollback``), so no answer, event or
+        job of it went out. The guard raises its alarm and stops conversions and uploads until
+        writes work again; then everything flows on, with no restart."""
+        self.failed_messages += 1
+        log.error("a loop turn's queue writes were rolled back: %s", error)
+        self.guard.note(error)
 
     def _note_slow_turn(self, began: float, served: float) -> None:
         """Say when a turn overran, and where: reading and handling, or committing and what
@@ -240,8 +291,13 @@ class Station:
         fleet_due = self.fleet.next_deadline()
         if fleet_due is not None:
             deadlines.append(fleet_due)
-        if self.state is not ServiceState.STOPPING:  # stopping: no uploads are dispatched
+        # Stopping, or a queue that cannot be written: no uploads are dispatched.
+        if self.state is not ServiceState.STOPPING and self.guard.writes_ok:
             deadlines.append(self.uploads.next_wake(now))
+        if self.state is not ServiceState.STOPPING:
+            deadlines.append(self.health.next_due)
+            if self.telemetry.enabled:
+                deadlines.append(self.telemetry.next_due)
         return min(max(0.0, min(deadlines) - now), self.config.supervisor.heartbeat_interval_s)
 
     def _log_worker_line(self, worker: WorkerProcess, line: str) -> None:
@@ -267,6 +323,7 @@ class Station:
         """First thing in every turn, whatever else it has to do: heartbeats to the workers
         and the systemd watchdog keep their interval."""
         if now >= self._next_beat:
+            flush_repeats()
             self.fleet.send_heartbeats()
             self._next_beat = now + self.config.supervisor.heartbeat_interval_s
         if self._ready_sent and self.notifier.watchdog_interval_s and now >= self._next_watchdog:
@@ -277,8 +334,12 @@ class Station:
     def tick(self, now: float, *, judge: bool = True) -> None:
         self.fleet.tick(now, judge=judge)
         if self.state is not ServiceState.STOPPING:
-            self.conversions.tick(now)
-            self.uploads.tick(now)
+            self.guard.tick(now)
+            if self.guard.writes_ok:
+                self.conversions.tick(now)
+                self.uploads.tick(now)
+            self.health.tick(now)
+            self.telemetry.tick(now)
         self._notify_systemd(now)
 
     def _notify_systemd(self, now: float) -> None:
@@ -299,10 +360,15 @@ class Station:
     def status_line(self) -> str:
         running = sum(w.state is WorkerState.RUNNING for w in self.workers.values())
         counts = self.queue.stats() if self.queue else {}
-        return (
-            f"{running}/{len(self.workers)} workers running; server {self.uploads.server_state}; "
+        paused = [kind for kind, stamp in self.pause.as_dict().items() if stamp]
+        line = (
+            f"{self.health.current['verdict']}; "
+            + (f"{' and '.join(paused)} paused; " if paused else "")
+            + f"{running}/{len(self.workers)} workers running; server {self.uploads.server_state}; "
             f"queue {counts.get('pending', 0)} pending, {counts.get('failed', 0)} failed"
         )
+        refusal = self.guard.refusal() if self.queue else None
+        return f"ALARM: {refusal}; {line}" if refusal else line
 
     # -- workers ----------------------------------------------------------------------
 
@@ -331,28 +397,31 @@ class Station:
     def _serve_workers(self, budget_end: float) -> bool:
         for _ in range(WORKER_MESSAGES_PER_TURN):
             try:
-                frames = self.worker_socket.recv_multipart(zmq.NOBLOCK)
+                frames = self.worker_socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return True
             now = time.monotonic()
-            self._worker_message(frames[0], frames[-1], now)
+            self._worker_message(frames[0].bytes, frames[-1], now)
             if now >= budget_end:
                 break
         return not self.worker_socket.poll(0)
 
-    def _worker_message(self, identity: bytes, payload: bytes, now: float) -> None:
+    def _worker_message(self, identity: bytes, frame: zmq.Frame, now: float) -> None:
         try:
-            message = decode(payload, self.max_message_bytes)
+            message = decode(frame.bytes, self.max_message_bytes)
         except ProtocolError as error:
             self._note_drop(f"worker {identity!r}", error)
             return
         if message.type is MsgType.HELLO:
-            if not self.fleet.hello(identity, message.body, now):
+            if not self.fleet.hello(identity, message.body, now, peer_address(frame)):
                 self.dropped_messages += 1
             return
         worker = self.fleet.seen(identity, now)
         if worker is None:
             self.dropped_messages += 1  # from an incarnation we have already buried
+            return
+        if not self.fleet.may_send(worker, message.type):
+            self.dropped_messages += 1
             return
         try:
             if message.type is MsgType.JOB_DONE:
@@ -361,6 +430,10 @@ class Station:
                 self.conversions.file_ready(message.body)
             elif message.type is MsgType.FILE_REJECTED:
                 self.conversions.file_rejected(message.body)
+        except QueueWriteError as error:  # the guard raises the alarm; the turn rolls back
+            self.failed_messages += 1
+            self.guard.note(error)
+            log.error("could not record %s from %s: %s", message.type, worker.name, error)
         except Exception:
             # One message we cannot handle (a bug, a full disk) must not stop the
             # station; what it concerned is retried after a restart or a rescan.
@@ -410,6 +483,15 @@ class Station:
 
     def reload(self) -> dict[str, Any]:
         """Apply a changed config; one that does not validate is refused, the old one stays."""
+        # systemd wants the monotonic time with RELOADING=1 (sd_notify(3), Type=notify-reload).
+        monotonic_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notifier.send(RELOADING=1, MONOTONIC_USEC=monotonic_usec, STATUS="reloading")
+        try:
+            return self._reload()
+        finally:
+            self.notifier.send(READY=1, STATUS=self.status_line())
+
+    def _reload(self) -> dict[str, Any]:
         try:
             new = load_config(self.paths)
         except ConfigError as error:
@@ -421,6 +503,8 @@ class Station:
             for kind in WorkerKind
             if worker_settings(kind, old) != worker_settings(kind, new)
         ]
+        if old.logging != new.logging:
+            setup_logging(self.paths, new.logging)
         self.fleet.build(new)
         for worker in self.workers.values():
             if worker.kind in changed and worker.wanted:
@@ -432,12 +516,6 @@ class Station:
 
     # -- submitted reports ------------------------------------------------------------
 
-    def submit(self, report_id: str, payload: bytes) -> None:
-        """Queue one validated report; durable when the turn commits."""
-        self.queue.enqueue([(report_id, payload)])
-        self.uploads.wake()
-        self.publish(EventTopic.REPORT_QUEUED, {"id": report_id, "source": "submit_report"})
-
     def _validate_off_loop(self, envelope: list[bytes], frame: bytes) -> bool:
         """Hand a big request to a converter worker to decode and validate; False if none
         is free, and then the loop decodes it itself rather than make the client wait."""
@@ -447,6 +525,7 @@ class Station:
             )
             if job is not None:
                 self._submits[job.job_id] = (envelope, peek_id(frame))
+                self.turn.on_rollback(partial(self._submit_failed, job.job_id, *UNRECORDED))
                 return True
         return False
 
@@ -459,9 +538,19 @@ class Station:
             code = error.get("code") or ErrorCode.INTERNAL
             self._reply(envelope, reply_error(request_id, code, error["message"]))
             return
-        (report,) = body["data"]["reports"]
-        self.submit(report["id"], report["json"])
-        result = {"id": report["id"], "state": str(ReportState.PENDING)}
+        data = body["data"]
+        (report,) = data["reports"]
+        try:
+            result = control.queue_submitted(
+                self,
+                report["id"],
+                report["json"],
+                priority=data.get("priority") or 0,
+                replace=bool(data.get("replace")),
+            )
+        except control.CommandError as error:
+            self._reply(envelope, reply_error(request_id, error.code, str(error)))
+            return
         self._reply(envelope, reply_ok(request_id, result))
 
     def _submit_failed(self, job_id: str, code: ErrorCode, message: str) -> None:
@@ -476,6 +565,7 @@ class Station:
         topic's events alone, so a subscriber to some topics can tell its own gaps."""
         self.seq += 1
         topic = str(topic)
+        self.telemetry.observe(topic, data)
         self.topic_seqs[topic] = self.topic_seqs.get(topic, 0) + 1
         body = {
             "epoch": self.epoch,
@@ -486,7 +576,8 @@ class Station:
             "data": data,
         }
         frames = [topic.encode(), encode(Message(MsgType.EVENT, body))]
-        if self.turn is None:
+        # An alarm promises nothing durable, and the turn that raises it may be rolled back.
+        if self.turn is None or topic == EventTopic.ALARM:
             self._send_event(frames)
         else:
             self.turn.after_commit(lambda: self._send_event(frames))
@@ -498,8 +589,11 @@ class Station:
             pass  # no subscriber keeps up: they resync from the sequence gap
 
     def _reply(self, envelope: list[bytes], reply: Message) -> None:
-        """Answer a client once the turn's writes are committed: an answer is a promise."""
+        """Answer a client once the turn's writes are committed: an answer is a promise. If
+        they are rolled back instead, the client hears that nothing was done."""
         self.turn.after_commit(lambda: send(self.control_socket, reply, envelope), first=True)
+        unavailable = reply_error(reply.id, *UNRECORDED)
+        self.turn.on_rollback(lambda: send(self.control_socket, unavailable, envelope))
 
     def _serve_control(self, budget_end: float) -> None:
         for _ in range(CONTROL_PER_TURN):
@@ -550,7 +644,14 @@ class Station:
                 "detail": self.uploads.server_detail,
             },
             "queue": self.queue.stats() if self.queue else {},
+            "alarms": self.guard.status(),
+            "pending_by_priority": [
+                {"priority": priority, "pending": n}
+                for priority, n in (self.queue.pending_by_priority() if self.queue else {}).items()
+            ],
             "files": self.conversions.stats(),
+            "paused": self.pause.as_dict(),
+            "health": self.health.evaluate(now),
             "workers": self.fleet.status(now),
             "dropped_messages": self.dropped_messages,
             "failed_messages": self.failed_messages,
@@ -559,6 +660,7 @@ class Station:
     # -- shutdown ---------------------------------------------------------------------
 
     def close(self) -> None:
+        flush_repeats(everything=True)
         signal.set_wakeup_fd(-1)
         if self.fleet is not None:
             self.fleet.kill_all("station closing")

@@ -35,7 +35,9 @@ def test_config_init_writes_an_owner_only_file_that_show_masks(home):
     written = json.loads(path.read_text())
     assert written["server"] == {"url": "https://wats.example", "token": SECRET}
     assert written["station"]["name"] == "ICT-07"
-    assert [c["name"] for c in written["converters"]] == ["wsjf", "wsxf", "wstf", "csv"]
+    assert [c["name"] for c in written["converters"]] == [
+        "wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf"
+    ]  # fmt: skip
     shown = cli(home, "config", "show", "--instance-id", "ict")
     assert SECRET not in shown.stdout and "********" in shown.stdout
     assert "valid" in cli(home, "config", "validate", "--instance-id", "ict").stdout
@@ -43,12 +45,12 @@ def test_config_init_writes_an_owner_only_file_that_show_masks(home):
     assert again.returncode == 1 and "--force" in again.stderr
 
 
-def test_a_fresh_station_converts_the_four_standard_formats_from_its_own_folders(home):
+def test_a_fresh_station_converts_every_standard_format_from_its_own_folder(home):
     config = load_config(instance_paths("eol", env={"WATS_STATION_HOME": str(home)}), env={})
     folders = {c.name: c.watch_folder for c in config.converters}
-    assert set(folders) == {"wsjf", "wsxf", "wstf", "csv"}
+    assert set(folders) == {"wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf"}
     assert all(c.enabled and c.kind == "python" for c in config.converters)
-    assert len(set(folders.values())) == 4
+    assert len(set(folders.values())) == len(folders)
     assert all(folder.startswith(str(home / "eol")) for folder in folders.values())
 
 

@@ -65,7 +65,9 @@ def test_accepted_report_reads_back_and_lands_in_the_store(emulator, session, tm
     report = make_report()
     answer = post(session, emulator, report)
     assert answer.status_code == 200
-    assert answer.json() == {"ID": report["id"], "uuid": report["id"]}
+    # The real server's InsertReportResult: the id we sent, its uuid and a legacy number.
+    assert answer.json() == {"ID": report["id"], "uuid": report["id"], "Report_ID": 1}
+    assert post(session, emulator, report).json()["Report_ID"] == 1  # an overwrite: same row
     read_back = session.get(f"{emulator.url}/api/Report/Wsjf/{report['id']}", timeout=5)
     assert read_back.json() == report
     assert json.loads((tmp_path / "store" / f"{report['id']}.json").read_text()) == report
@@ -179,6 +181,19 @@ def test_drop_after_store_keeps_the_report_so_a_resend_is_a_duplicate(emulator, 
         "faults_injected": 1,
         "requests": 0,
     }
+
+
+def test_not_wats_answers_every_api_call_with_an_html_page_and_stores_nothing(emulator, session):
+    emulator.set_faults(not_wats_rate=1.0)
+    answer = post(session, emulator, make_report())
+    assert answer.status_code == 200
+    assert answer.headers["Content-Type"].startswith("text/html")
+    assert answer.text.startswith("<!DOCTYPE html>")
+    version = session.get(f"{emulator.url}/api/App/Version", timeout=5)
+    assert version.status_code == 200 and version.text.startswith("<!DOCTYPE html>")
+    assert emulator.stats()["received"] == 0 and emulator.stats()["faults_injected"] == 2
+    emulator.set_faults(not_wats_rate=0.0)
+    assert post(session, emulator, make_report()).json()["Report_ID"] == 1
 
 
 def test_down_refuses_connections_then_listens_again_on_the_same_port(emulator, session):

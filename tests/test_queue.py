@@ -6,19 +6,28 @@ import json
 import os
 import random
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from wats_station.ipc.states import ReportState, SourceState
-from wats_station.supervisor.queue import FIFO_WINDOW, QueueError, ReportQueue
+from wats_station.supervisor.queue import (
+    FIFO_WINDOW,
+    SCHEMA_V2,
+    QueueError,
+    QueueLost,
+    QueueWriteError,
+    ReportQueue,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_700_000_000.0
@@ -44,6 +53,16 @@ def count_rows_total(path: Path) -> int:
         total = db.execute("SELECT COUNT(*) FROM report").fetchone()[0]
     db.close()
     return total
+
+
+def count_pending_by_priority(path: Path) -> dict[int, int]:
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT priority, COUNT(*) FROM report WHERE state = 'pending' "
+            "GROUP BY priority ORDER BY priority DESC"
+        ).fetchall()
+    db.close()
+    return dict(rows)
 
 
 def count_rows(path: Path) -> dict[str, int]:
@@ -124,6 +143,124 @@ def test_due_reports_behind_many_backing_off_ones_are_found_in_fifo_order(
     assert [r.id for r in queue.claim_due(5)] == [due[2][0]]
     clock.t += 600
     assert [r.id for r in queue.claim_due(3)] == [r[0] for r in backing_off[:3]]
+
+
+# -- priority ---------------------------------------------------------------------------
+
+
+def test_claims_higher_priority_first_and_oldest_first_within_a_priority(
+    queue: ReportQueue,
+) -> None:
+    low = [report(n) for n in range(3)]
+    high = [report(n) for n in range(3, 5)]
+    top = report(9)
+    queue.enqueue(low[:2])
+    queue.enqueue(high[:1], priority=5)
+    queue.enqueue(low[2:])
+    queue.enqueue([top], priority=9)
+    queue.enqueue(high[1:], priority=5)
+
+    claimed = []
+    while batch := queue.claim_due(1):
+        claimed += batch
+        queue.complete(batch[0].id, 200)
+
+    assert [r.id for r in claimed] == [top[0], *(r[0] for r in high), *(r[0] for r in low)]
+    assert [r.priority for r in claimed] == [9, 5, 5, 0, 0, 0]
+
+
+def test_nothing_lower_is_claimed_while_a_higher_priority_upload_is_in_flight(
+    queue: ReportQueue,
+) -> None:
+    high = [report(n) for n in range(2)]
+    low = [report(n) for n in range(2, 5)]
+    queue.enqueue(high, priority=1)
+    queue.enqueue(low)
+
+    assert [r.id for r in queue.claim_due(5)] == [r[0] for r in high]
+    assert queue.claim_due(5) == []  # free slots, but a low report could overtake a high one
+    queue.complete(high[0][0], 200)
+    assert queue.claim_due(5) == []
+    queue.release([high[1][0]])
+    assert [r.id for r in queue.claim_due(1)] == [high[1][0]]
+    queue.fail(high[1][0], error="bad", http_status=400)
+    assert [r.id for r in queue.claim_due(5)] == [r[0] for r in low]
+
+
+def test_a_high_priority_report_backing_off_does_not_hold_the_others_back(
+    queue: ReportQueue, clock: Clock
+) -> None:
+    high, low = report(1), report(2)
+    queue.enqueue([high], priority=3)
+    queue.enqueue([low])
+    queue.claim_due(1)
+    queue.retry_later(high[0], delay_s=60, error="HTTP 503", http_status=503, count_attempt=True)
+
+    assert [r.id for r in queue.claim_due(5)] == [low[0]]
+    clock.t += 60
+    assert [r.id for r in queue.claim_due(5)] == [high[0]]
+
+
+def test_due_reports_of_every_priority_behind_a_window_of_backing_off_ones_keep_the_order(
+    queue: ReportQueue, clock: Clock
+) -> None:
+    backing_off = [report(n) for n in range(FIFO_WINDOW + 10)]
+    queue.enqueue(backing_off, priority=7)
+    for r in queue.claim_due(len(backing_off)):
+        queue.retry_later(r.id, delay_s=600, error="offline", http_status=None, count_attempt=False)
+    low, mid = report(1), report(2)
+    queue.enqueue([low])
+    queue.enqueue([mid], priority=2)
+
+    assert [r.id for r in queue.claim_due(5)] == [mid[0]]
+    queue.complete(mid[0], 200)
+    assert [r.id for r in queue.claim_due(5)] == [low[0]]
+
+
+def test_an_overwrite_takes_the_new_priority_and_the_counts_follow(queue: ReportQueue) -> None:
+    first, second = report(1), report(2)
+    queue.enqueue([first, second])
+    assert queue.pending_by_priority() == {0: 2}
+    queue.enqueue([(second[0], b'{"again": 1}')], priority=4)
+
+    assert queue.pending_by_priority() == {4: 1, 0: 1}
+    assert [(r.id, r.priority) for r in queue.list()] == [(first[0], 0), (second[0], 4)]
+    assert [r.id for r in queue.claim_due(1)] == [second[0]]
+    assert queue.pending_by_priority() == {0: 1}
+
+
+def test_a_version_2_queue_is_migrated_with_every_report_at_priority_0(
+    db_path: Path, clock: Clock
+) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    with sqlite3.connect(db_path) as old:
+        for statement in SCHEMA_V2:
+            old.execute(statement)
+        old.executemany(
+            "INSERT INTO report (id, payload, state, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, ?, 0, 0, 0)",
+            [(i, b"x\x9c\xab\xae\x05\x00\x01u\x00\xf9", s) for i, s in
+             zip(ids, ("pending", "failed", "pending"), strict=True)],
+        )  # fmt: skip
+        old.execute("PRAGMA user_version = 2")
+    old.close()
+
+    q = ReportQueue(db_path, now=clock)
+    try:
+        assert q.pending_by_priority() == {0: 2}
+        q.enqueue([report(1)], priority=1)
+        claimed = q.claim_due(5)
+        assert [(r.priority, r.payload) for r in claimed] == [(1, claimed[0].payload)]
+        q.complete(claimed[0].id, 200)
+        assert [(r.id, r.priority, r.payload) for r in q.claim_due(5)] == [
+            (ids[0], 0, b"{}"),
+            (ids[2], 0, b"{}"),
+        ]
+    finally:
+        q.close()
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == ReportQueue.SCHEMA_VERSION
+    db.close()
 
 
 def test_complete_fail_and_release_record_the_outcome(queue: ReportQueue) -> None:
@@ -330,9 +467,9 @@ def test_stats_agree_with_counting_the_rows_after_random_operations(
         if op == 0 or not ids:
             batch = [report() for _ in range(rng.randint(1, 5))]
             ids += [i for i, _ in batch]
-            queue.enqueue(batch)
+            queue.enqueue(batch, priority=rng.choice((0, 0, 5, -1)))
         elif op == 1:
-            queue.enqueue([(rng.choice(ids), b'{"again": true}')])
+            queue.enqueue([(rng.choice(ids), b'{"again": true}')], priority=rng.choice((0, 5)))
         elif op == 2:
             queue.claim_due(rng.randint(1, 4))
         elif op == 3 and processing:
@@ -354,8 +491,10 @@ def test_stats_agree_with_counting_the_rows_after_random_operations(
             rng.choice([queue.recover, lambda: queue.retry(failed=True), lambda: queue.clean()])()
         if step % 25 == 0:
             assert queue.stats() == count_rows(db_path), f"after step {step}"
+            assert queue.pending_by_priority() == count_pending_by_priority(db_path)
             seen |= {state for state, n in queue.stats().items() if n}
     assert queue.stats() == count_rows(db_path)
+    assert queue.pending_by_priority() == count_pending_by_priority(db_path)
     assert seen == set(ReportState), "the walk should visit every state"
 
 
@@ -572,9 +711,12 @@ def assert_refused_untouched(path: Path, match: str) -> None:
 def test_a_queue_from_a_newer_wats_station_is_refused_untouched(db_path: Path) -> None:
     make_queue_file(db_path)
     with sqlite3.connect(db_path) as db:
-        db.execute("PRAGMA user_version = 3")
+        db.execute(f"PRAGMA user_version = {ReportQueue.SCHEMA_VERSION + 1}")
     db.close()
-    assert_refused_untouched(db_path, r"schema version 3, newer than this wats-station knows \(2\)")
+    newer, known = ReportQueue.SCHEMA_VERSION + 1, ReportQueue.SCHEMA_VERSION
+    assert_refused_untouched(
+        db_path, rf"schema version {newer}, newer than this wats-station knows \({known}\)"
+    )
 
 
 def test_a_file_that_is_not_sqlite_is_refused_untouched(db_path: Path) -> None:
@@ -622,11 +764,148 @@ def test_a_missing_folder_is_refused_not_created(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-def test_an_empty_file_becomes_a_new_queue(db_path: Path) -> None:
+def test_an_empty_file_is_refused_never_taken_for_an_empty_queue(db_path: Path) -> None:
     db_path.touch()
+    with pytest.raises(QueueError, match=rf"queue database {db_path} is empty \(0 bytes\)"):
+        ReportQueue(db_path)
+    assert db_path.read_bytes() == b""
+
+
+def test_an_empty_sqlite_file_is_refused_too(db_path: Path) -> None:
+    db = sqlite3.connect(db_path, isolation_level=None)
+    db.executescript("CREATE TABLE t (x); DROP TABLE t")  # a valid SQLite file, no tables
+    db.close()
+    assert_refused_untouched(db_path, r"is not a wats-station queue \(schema version 0")
+
+
+def test_a_new_queue_is_made_only_where_there_was_no_file(db_path: Path) -> None:
     q = ReportQueue(db_path)
     try:
+        assert q.created
         q.enqueue([report()])
-        assert q.stats()["pending"] == 1
     finally:
         q.close()
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["queue.db"]  # no leftovers
+    again = ReportQueue(db_path)
+    try:
+        assert not again.created and again.stats()["pending"] == 1
+    finally:
+        again.close()
+
+
+# -- guarding itself: checksums, named write errors, a file that leaves us -------------------
+
+
+def test_a_v2_queue_gets_payload_checksums_and_a_damaged_payload_fails_its_report(
+    db_path: Path,
+) -> None:
+    items = [report(n) for n in range(4)]
+    with sqlite3.connect(db_path) as db:  # the v2 layout, as an older station left it
+        for statement in SCHEMA_V2:
+            db.execute(statement)
+        db.executemany(
+            "INSERT INTO report (id, payload, state, next_attempt_at, created_at, updated_at) "
+            "VALUES (?, ?, 'pending', 0, ?, ?)",
+            [(id_, zlib.compress(body), n, n) for n, (id_, body) in enumerate(items)],
+        )
+        db.execute("UPDATE report SET payload = X'789c0badbeef' WHERE id = ?", (items[1][0],))
+        db.execute("PRAGMA user_version = 2")
+    db.close()
+    q = ReportQueue(db_path)
+    try:
+        with sqlite3.connect(db_path) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (ReportQueue.SCHEMA_VERSION,)
+            assert db.execute("SELECT COUNT(*) FROM report WHERE payload_crc32 IS NULL").fetchone()
+        told: list[tuple[str, str]] = []
+        claimed = q.claim_due(10, on_damaged=lambda *damage: told.append(damage))
+        assert [r.id for r in claimed] == [items[0][0], items[2][0], items[3][0]]
+        assert [r.payload for r in claimed] == [items[0][1], items[2][1], items[3][1]]
+        (failed,) = q.list(ReportState.FAILED)
+        assert failed.id == items[1][0] and "cannot be read" in failed.last_error
+        assert told == [(failed.id, failed.last_error)]
+    finally:
+        q.close()
+
+
+def test_changed_payload_bytes_are_caught_by_the_checksum(db_path: Path) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(3)]
+    q.enqueue(items)
+    with sqlite3.connect(db_path) as db:
+        (blob,) = db.execute("SELECT payload FROM report WHERE id = ?", (items[0][0],)).fetchone()
+        db.execute(
+            "UPDATE report SET payload = ? WHERE id = ?", (blob[:-6] + b"\0" * 6, items[0][0])
+        )
+    db.close()
+    try:
+        assert [r.id for r in q.claim_due(10)] == [items[1][0], items[2][0]]
+        (failed,) = q.list(ReportState.FAILED)
+        assert "damaged (checksum mismatch" in failed.last_error
+        with pytest.raises(QueueError, match="damaged"):
+            q.get(items[0][0])
+    finally:
+        q.close()
+
+
+def test_a_full_disk_is_named_as_such_and_writes_work_again_when_space_returns(
+    db_path: Path,
+) -> None:
+    q = ReportQueue(db_path)
+    try:
+        pages = q._sql("PRAGMA page_count").fetchone()[0]
+        q._sql(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's own SQLITE_FULL
+        accepted = 0
+        with pytest.raises(QueueWriteError) as full:
+            for _ in range(200):
+                q.enqueue([(str(uuid.uuid4()), os.urandom(3000).hex().encode())])
+                accepted += 1
+        assert full.value.kind == "disk_full"
+        assert str(full.value).startswith(f"the disk holding the queue is full ({db_path}")
+        assert "rollback" not in str(full.value)
+        q._sql("PRAGMA max_page_count = 1000000")
+        q.enqueue([report()])
+        assert q.stats()["pending"] == accepted + 1
+    finally:
+        q.close()
+
+
+def test_a_queue_file_deleted_under_us_is_written_back_and_refuses_writes(db_path: Path) -> None:
+    q = ReportQueue(db_path)
+    items = [report(n) for n in range(5)]
+    q.enqueue(items)
+    db_path.unlink()
+    try:
+        with pytest.raises(QueueLost, match=f"written back to {db_path}"):
+            q.enqueue([report(9)])
+        with pytest.raises(QueueLost):  # and every later write, without looking again
+            q.claim_due(1)
+        assert q.stats()["pending"] == 5  # still readable
+    finally:
+        q.close()
+    assert sorted(p.name for p in db_path.parent.iterdir()) == ["queue.db"]  # no stale WAL
+    again = ReportQueue(db_path)
+    try:
+        assert sorted(r.id for r in again.list()) == sorted(i for i, _ in items)
+    finally:
+        again.close()
+
+
+def test_a_queue_folder_removed_with_its_file_is_recreated_to_hold_the_rescue(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    q = ReportQueue(folder / "queue.db")
+    items = [report(n) for n in range(3)]
+    q.enqueue(items)
+    shutil.rmtree(folder)
+    try:
+        with pytest.raises(QueueLost, match="written back"):
+            q.check_file()
+    finally:
+        q.close()
+    again = ReportQueue(folder / "queue.db")
+    try:
+        assert again.stats()["pending"] == 3
+    finally:
+        again.close()

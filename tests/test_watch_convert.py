@@ -391,7 +391,9 @@ def test_convert_cli_prints_wsjf_or_the_error(home, tmp_path):
 def test_converters_list_shows_each_converter_and_its_folders(make_station, emulator, home):
     station = make_station(config={"server": {"url": emulator.url}})
     listed = json.loads(station.cli("converters", "list", "--json", check=True).stdout)
-    assert [c["name"] for c in listed] == ["wsjf", "wsxf", "wstf", "csv"]
+    assert [c["name"] for c in listed] == [
+        "wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf"
+    ]  # fmt: skip
     for entry in listed:
         assert entry["kind"] == "python"
         assert entry["watch_folder"].startswith(str(home))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from wats_station.converters.base import ConversionError
+from wats_station.converters.processes import store_processes
 from wats_station.converters.wsjf import validate_report
 from wats_station.converters.wstf import (
     NUMERIC_OPERATORS,
@@ -119,8 +120,8 @@ def test_station_name_argument_is_the_last_fallback(tmp_path: Path) -> None:
 
 
 def test_unknown_argument_is_refused() -> None:
-    with pytest.raises(ValueError, match=r"unknown argument.*cultureCode"):
-        WSTFConverter(cultureCode="nb-NO")
+    with pytest.raises(ValueError, match=r"unknown argument.*colour"):
+        WSTFConverter(colour="blue")
 
 
 def test_other_header_keys_become_misc_infos_in_order(tmp_path: Path) -> None:
@@ -236,17 +237,22 @@ def test_nested_sequences_propagate_failure(tmp_path: Path) -> None:
     assert report["result"] == "F"
 
 
-def test_sequence_status_given_in_the_file_is_kept(tmp_path: Path) -> None:
+def test_a_failing_step_fails_a_sequence_given_as_passed(tmp_path: Path) -> None:
+    # Virinco's "Active" mode: a failure ripples up through a status the SequenceCall line gave.
     steps = (
         "SequenceCall\tPower\t\t\t\t\t\t\tPassed\n"
         "NumericLimitTest\tVCC\t\t9.0\t4.9\t5.1\tGELE\tV\n"
         "EndSequenceCall\tPower\n"
+        "SequenceCall\tFan\t\t\t\t\t\t\tPassed\n"
+        "NumericLimitTest\tRPM\t\t9.0\t4.9\t5.1\tGELE\t\n"
+        "EndSequenceCall\tFan\t\t\t\t\t\t\tSkipped\n"
     )
 
     [report] = convert(tmp_path, wstf(steps))
 
-    assert steps_of(report)[0]["status"] == "P"
-    assert steps_of(report)[0]["steps"][0]["status"] == "F"
+    power, fan = steps_of(report)
+    assert (power["status"], power["steps"][0]["status"]) == ("F", "F")
+    assert fan["status"] == "S"  # the EndSequenceCall line's status is final
 
 
 def test_multiple_numeric_lines_make_one_step_per_run(tmp_path: Path) -> None:
@@ -450,14 +456,14 @@ def test_undecodable_byte_is_reported_with_its_line(tmp_path: Path) -> None:
         WSTFConverter().convert(path)
 
 
-def test_incomplete_file_is_refused(tmp_path: Path) -> None:
+def test_a_uut_without_its_end_marker_is_converted_as_virinco_does(tmp_path: Path) -> None:
     text = wstf() + wstf("NumericLimitTest\tVCC\t\t5.0\t4.9\t5.1\tGELE\tV\n")
     truncated = text[: text.rindex("--Step-Data-End--")]
 
-    message = conversion_error(tmp_path, truncated)
+    first, second = convert(tmp_path, truncated)
 
-    assert "missing --UUT-End-- (file incomplete?)" in message
-    assert "starts on line 9" in message
+    assert steps_of(first) == []
+    assert steps_of(second)[0]["numericMeas"][0]["value"] == 5.0
 
 
 VCC = "NumericLimitTest\tVCC\t\t"
@@ -471,16 +477,14 @@ VCC = "NumericLimitTest\tVCC\t\t"
         (VCC + "5\t\t\tGE\n", "line 7: column LowLimit: compare operator GE needs a limit"),
         (VCC + "5\t4.9\t\tGELE\n", "line 7: column HighLimit: compare operator GELE needs"),
         ("Wait\tDelay\n", "line 7: column StepType: unknown step type 'Wait'"),
-        ("NumericLimitTest\t\t\t5\n", "line 7: column StepName: a NumericLimitTest needs a"),
+        ("NumericLimitTest\t\t\t5\n", "line 7: column StepName: a NumericLimitTest that starts"),
         ("PassFailTest\tSelf\t\tmaybe\n", "line 7: column Value: a PassFailTest needs a Status"),
         ("PassFailTest\tSelf\t\tTrue\t\t\t\t\tGreat\n", "line 7: column Status: 'Great' is not"),
         ("MultipleNumericLimitTest\tRails\t\t3.3\n", "line 7: column MeasureName"),
         ("EndSequenceCall\n", "line 7: EndSequenceCall without an open SequenceCall"),
-        ("SequenceCall\tPower\n", "line 8: SequenceCall 'Power' opened on line 7 has no End"),
-        (
-            "ActionStep\tOff" + "\t" * 10 + "x\n",
-            "line 7: 12 fields, but the column header on line 6",
-        ),
+        ("Chart\tLine\tVolts\n", "line 7: a Chart line must follow the step it belongs to"),
+        ("ActionStep\tA\nSeries\tp\tXYG\t1;2\n", "line 8: a Series line must follow a Chart"),
+        ("ActionStep\tA\nChart\tPie\n", "line 8: column StepName: 'Pie' is not a chart type"),
     ],
 )
 def test_bad_step_line_is_named_by_line_and_column(
@@ -492,21 +496,21 @@ def test_bad_step_line_is_named_by_line_and_column(
     assert expected in message
 
 
-NO_COLUMNS = f"--Header-Start--\n{HEADER}--Step-Data-Start--\nNumericLimitTest\tVCC\n"
-
-
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
         ("hello\n", "line 1: expected --Header-Start--, found 'hello'"),
         ("", "no --Header-Start-- line, so this is not a WSTF file"),
-        (wstf(header="SerialNumber SN-1\n"), "line 2: expected Key<TAB>Value"),
+        (wstf(header="SerialNumber\tSN-1\n"), "line 1: the UUT that starts here has no"),
         (wstf(header="PartNumber\tP\nRevision\tA\n"), "line 1: the UUT that starts here has no"),
-        (wstf(header=HEADER + "OperationTypeCode\tten\n"), "line 5: OperationTypeCode: 'ten' is"),
+        (
+            wstf(header=HEADER + "OperationTypeCode\tten\n"),
+            "line 5: OperationTypeCode: operation type 'ten' is a name",
+        ),
         (wstf(header=HEADER + "StartDateTime\tnow\n"), "line 5: 'now' is not a date and time"),
         (wstf(footer="UUTStatus\tSkipped\n"), "line 8: UUTStatus 'Skipped' is not one of"),
-        (wstf().replace("--UUT-End--", "--Header-Start--"), "line 8: --Header-Start-- before the"),
-        (NO_COLUMNS, "line 6: expected the step column header"),
+        (wstf().replace("--UUT-End--", "--Header-Start--"), "line 8: the UUT that starts here"),
+        (wstf(footer="UUTStatus\tMaybe\n"), "line 8: UUTStatus 'Maybe' is not one of"),
     ],
 )
 def test_bad_file_structure_is_named_by_line(tmp_path: Path, text: str, expected: str) -> None:
@@ -625,3 +629,171 @@ def test_validate_recognises_wstf_files(tmp_path: Path) -> None:
 
     assert WSTFConverter().validate(wstf_file) > 0.9
     assert WSTFConverter().validate(other) == 0.0
+
+
+# -- what Virinco's converter accepts ------------------------------------------------------
+
+
+def test_rows_group_into_multi_measurement_steps_as_virinco_does(tmp_path: Path) -> None:
+    steps = (
+        "NumericLimitTest\tRails\t3V3\t3.3\t3.2\t3.4\tGELE\tV\n"
+        "NumericLimitTest\t\t1V8\t1.95\t1.7\t1.9\tGELE\tV\n"  # blank name: the step before
+        "NumericLimitTest\tRails\t5V\t5.0\t\t\tLOG\tV\n"  # same name: the step before
+        "PassFailTest\tRails\tgood\tTrue\n"  # another kind: a new step, even by that name
+        "NumericLimitTest\tFan\t\t1200\t1000\t\tGE\trpm\n"
+        "NumericLimitTest\tFan\t\t1300\t1000\t\tGE\trpm\n"  # one step, two unnamed runs
+    )
+
+    [report] = convert(tmp_path, wstf(steps))
+
+    rails, check, fan = steps_of(report)
+    assert (rails["stepType"], rails["status"]) == ("ET_MNLT", "F")
+    assert [m["name"] for m in rails["numericMeas"]] == ["3V3", "1V8", "5V"]
+    assert (check["stepType"], check["booleanMeas"]) == ("ET_MPFT", [{"name": "good",
+                                                                       "status": "P"}])  # fmt: skip
+    assert fan["stepType"] == "ET_MNLT"
+    assert [(m["name"], m["value"]) for m in fan["numericMeas"]] == [
+        ("Measurement 0", 1200.0),
+        ("Measurement 1", 1300.0),
+    ]
+
+
+def test_lenient_markers_control_bytes_and_header_extras(tmp_path: Path) -> None:
+    text = (
+        "--Header-Start--\t\t\n"
+        "SerialNumber\tSN\x01-7\textra\tvalues\n"  # a control byte, and values after the first
+        "PartNumber PN-1\n"  # a space instead of the tab, as Virinco's prefix match allows
+        "Revision\tA\n"
+        "-- Step-Data-Start --\n"
+        f"{COLUMNS}\n"
+        "NumericLimitTest\tV\x02CC\t\t5.0\t4.9\t5.1\tGELE\tV\n"
+        "--Step-Data-End--\n"
+        "-- UUT-End--\t\t\t\n"
+    )
+
+    [report] = convert(tmp_path, text)
+
+    assert (report["sn"], report["pn"]) == ("SN-7", "PN-1")
+    assert steps_of(report)[0]["name"] == "VCC"
+
+
+def test_decimal_comma_with_a_culture_code(tmp_path: Path) -> None:
+    steps = "NumericLimitTest\tVCC\t\t1.234,5\t1.000,25\t2000\tGELE\tmV\n"
+    text = wstf(steps, header=HEADER + "ExecutionTime\t12,5\n")
+
+    [report] = convert(tmp_path, text, cultureCode="nb-NO")
+
+    [measurement] = steps_of(report)[0]["numericMeas"]
+    assert (measurement["value"], measurement["lowLimit"]) == (1234.5, 1000.25)
+    assert report["uut"]["execTime"] == 12.5
+    message = conversion_error(tmp_path, wstf("NumericLimitTest\tVCC\t\t5,02\t4\t6\tGELE\n"))
+    assert "column Value: '5,02' is not a number here (a decimal comma? set the cultureCode" in (
+        message
+    )
+
+
+def test_import_mode_takes_statuses_as_given(tmp_path: Path) -> None:
+    steps = "NumericLimitTest\tVCC\t\t9.0\t4.9\t5.1\tGELE\tV\n"  # out of limits, no status
+
+    [active] = convert(tmp_path, wstf(steps))
+    [header_import] = convert(tmp_path, wstf(steps, header=HEADER + "ConverterMode\tImport\n"))
+    [argument_import] = convert(tmp_path, wstf(steps), testModeType="Import")
+
+    assert steps_of(active)[0]["status"] == "F"
+    assert steps_of(header_import)[0]["status"] == "P"
+    assert steps_of(argument_import)[0]["numericMeas"][0]["status"] == "P"
+
+
+def test_charts_attach_to_the_step_before(tmp_path: Path) -> None:
+    steps = (
+        "NumericLimitTest\tSweep\t\t3.3\t3\t4\tGELE\tV\n"
+        "Chart\tLine\tGain\tdB\tGain\tHz\tFrequency\n"
+        "Series\tmeasured\tXYG\t1;2,5;3\t10;100;1000\n"
+        "Series\tlimit\tXYG\t2;2;2\n"
+    )
+
+    [report] = convert(tmp_path, wstf(steps))
+
+    [step] = steps_of(report)
+    assert step["chart"] == {
+        "chartType": "Line", "label": "Gain", "xLabel": "Frequency", "xUnit": "Hz",
+        "yLabel": "Gain", "yUnit": "dB",
+        "series": [
+            {"dataType": "XYG", "name": "measured", "xdata": "10;100;1000", "ydata": "1;2.5;3"},
+            {"dataType": "XYG", "name": "limit", "xdata": None, "ydata": "2;2;2"},
+        ],
+    }  # fmt: skip
+
+
+def test_caused_sequence_failure_and_files_without_a_column_header(tmp_path: Path) -> None:
+    text = (
+        f"--Header-Start--\n{HEADER}--Step-Data-Start--\n"
+        # Virinco's fixed column order, no header line: ... Status, time, text, code, message,
+        # CausedSequenceFailure
+        "NumericLimitTest\tVCC\t\t9\t4.9\t5.1\tGELE\tV\tFailed\t0.5\tlow\t7\tbad\tTrue\n"
+        "--Step-Data-End--\n--UUT-End--\n"
+    )
+
+    [report] = convert(tmp_path, text)
+
+    [step] = steps_of(report)
+    assert (step["totTime"], step["reportText"], step["errorCode"], step["errorMessage"]) == (
+        0.5, "low", 7, "bad",
+    )  # fmt: skip
+    assert step["causedSeqFailure"] is True
+
+
+def test_operation_type_by_name_from_the_cached_process_list(tmp_path: Path) -> None:
+    processes = tmp_path / "processes.json"
+    store_processes(processes, [{"code": 20, "name": "Final Function Test"}])
+    path = tmp_path / "result.txt"
+    path.write_text(wstf(header=HEADER + "OperationTypeName\tfinal function test\n"))
+    by_argument = WSTFConverter(operationTypeCode="Final Function Test")
+    by_header = WSTFConverter()
+    for converter in (by_argument, by_header):
+        converter.processes_file = processes
+    unknown = WSTFConverter(operationTypeCode="Burn-in")
+    unknown.processes_file = processes
+
+    assert by_header.convert(path)[0]["processCode"] == 20
+    path.write_text(wstf())
+    assert by_argument.convert(path)[0]["processCode"] == 20
+    with pytest.raises(ConversionError, match=r"'Burn-in' is not in the server's process list "
+                                              r"\(20 Final Function Test\)"):  # fmt: skip
+        unknown.convert(path)
+
+
+def test_validation_mode_truncates_or_refuses_long_texts(tmp_path: Path) -> None:
+    text = wstf(header=HEADER.replace("SN-1", "S" * 120))
+
+    [report] = convert(tmp_path, text, validationMode="AutoTruncate")
+
+    assert report["sn"] == "S" * 100
+    message = conversion_error(tmp_path, text)
+    assert "line 1: sn is 120 characters long; WATS takes 100 (validationMode AutoTruncate" in (
+        message
+    )
+
+
+def test_file_encoding_as_a_code_page_number(tmp_path: Path) -> None:
+    [report] = convert(tmp_path, wstf(header=HEADER + "Note\tMüller\n"), "cp1252",
+                       fileEncoding="1252")  # fmt: skip
+    assert report["miscInfos"] == [{"description": "Note", "text": "Müller"}]
+
+
+def test_a_flying_probe_export_groups_runs_of_one_step_name(tmp_path: Path) -> None:
+    # Shaped like a real flying-probe export: every line names its measure "P-Auto"; lines of
+    # one net in a row make one step with several measurements, as in Virinco's converter.
+    line = "NumericLimitTest\t{}\tP-Auto\t{}\t100.0\t100.0\tGT\tO\tPassed\t1.000000\t\t0\t\t\n"
+    nets = ["ISH935", "ISH94", "ISH94", "ISH94", "IP2P96", "ISH935"]
+    steps = "".join(line.format(net, 200 + n) for n, net in enumerate(nets))
+    columns = COLUMNS + "\tStepExecutionTime\tStepReportText\tStepErrorCode\tStepErrorMessage"
+    text = wstf(steps).replace(COLUMNS, columns + "\tCausedSequenceFailure")
+
+    [report] = convert(tmp_path, text)
+
+    assert [(s["name"], len(s["numericMeas"])) for s in steps_of(report)] == [
+        ("ISH935", 1), ("ISH94", 3), ("IP2P96", 1), ("ISH935", 1),
+    ]  # fmt: skip
+    assert {m["name"] for s in steps_of(report) for m in s["numericMeas"]} == {"P-Auto"}
+    assert all(s["stepType"] == "ET_MNLT" for s in steps_of(report))

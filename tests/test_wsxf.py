@@ -214,9 +214,11 @@ def test_bad_values_name_the_line(tmp_path: Path, broken: str, message: str) -> 
 @pytest.mark.parametrize(
     ("replace", "by", "message"),
     [
-        ('type="UUT"', 'type="UUR"', "repair (UUR) reports are not supported"),
-        ('<UUT UserLoginName="op"', '<Asset AssetSN="A1"/><UUT UserLoginName="op"',
-         "line 5, <Asset>: not supported inside <Report>"),
+        ('type="UUT"', 'type="UUR"', "<UUT>: not supported inside <Report>"),
+        ('<UUT UserLoginName="op"', '<Fixture SN="A1"/><UUT UserLoginName="op"',
+         "line 5, <Fixture>: not supported inside <Report>"),
+        ('<UUT UserLoginName="op"', '<Asset UsageCount="3"/><UUT UserLoginName="op"',
+         "line 5, <Asset>: an asset needs its serial number"),
         ('ID="', 'ID="x', "ID='x6f1c2a9e-0d7b-4c1e-9a4f-2b8e5d3c7a10' is not a UUID"),
         ('Result="Passed"', 'Result="Skipped"', "invalid report: result: 'S' is not one of"),
         ('PN="PN1"', 'PN=" "', "invalid report: pn: is required"),
@@ -238,7 +240,7 @@ def test_reports_the_server_would_reject_are_refused(
     [
         (b"", "the file is empty"),
         (f'<Reports xmlns="{NAMESPACE}"/>'.encode(), "contains no <Report> element"),
-        (b'<Reports xmlns="urn:other"/>', "namespace 'urn:other' is not WSXF"),
+        (b'<Reports xmlns="urn:other"/>', "this is not WSXF (namespace 'urn:other')"),
         (b"\x00\x01\x02binary", "malformed XML at line 1, column 1"),
     ],
 )
@@ -263,7 +265,9 @@ def test_confidence_prefers_the_wsxf_namespace(tmp_path: Path) -> None:
 
 
 def test_registry_knows_the_standard_names() -> None:
-    assert set(STANDARD_CONVERTERS) == {"wsjf", "wsxf", "wstf", "csv"}
+    assert set(STANDARD_CONVERTERS) == {
+        "wsjf", "wsxf", "wstf", "csv", "atml", "teststand-xml", "openhtf"
+    }  # fmt: skip
     assert load_converter_class("wsjf") is WSJFConverter
     assert load_converter_class("wsxf") is WSXFConverter
     assert load_converter_class("wats_station.converters.wsxf.WSXFConverter") is WSXFConverter
@@ -314,7 +318,10 @@ def test_registry_loads_a_converter_from_a_station_folder(
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nodots", "not a standard converter (wsjf, wsxf, wstf, csv) nor a module.Class path"),
+        (
+            "nodots",
+            "not a standard converter (wsjf, wsxf, wstf, csv, atml, teststand-xml, openhtf)",
+        ),
         ("missing_module_xyz.Converter", "no module named 'missing_module_xyz'"),
         ("line3_tester.Missing", "has no 'Missing'"),
         ("line3_tester.NotAConverter", "is not a subclass of converters.base.Converter"),
@@ -328,3 +335,51 @@ def test_registry_errors_name_the_spec(station_converters: Path, spec: str, mess
         load_converter_class(spec, [station_converters])
     assert str(caught.value).startswith(f"converter {spec!r}: ")
     assert message in str(caught.value)
+
+
+def test_attachments_are_kept_and_single_limits_sit_in_low_limit(tmp_path: Path) -> None:
+    step = """<NumericLimit NumericValue="5.02" Units="V" CompOperator="GELE" LowLimit="4.9"
+                      HighLimit="5.1" Status="Passed" />"""
+    content = wsxf(report_xml()).replace(
+        step,
+        '<NumericLimit NumericValue="5.02" Units="V" CompOperator="LE" HighLimit="5.1" '
+        'Status="Passed" /><Attachment Name="scope.png" ContentType="image/png">'
+        "iVBORw0K\n  Ggo=</Attachment>",
+    )
+    assert "<Attachment" in content
+
+    (report,) = convert(write(tmp_path, content))
+
+    vcc = report["root"]["steps"][0]
+    assert vcc["numericMeas"][0]["lowLimit"] == 5.1  # as the server stores a single limit
+    assert vcc["numericMeas"][0]["highLimit"] is None
+    assert vcc["attachment"] == {
+        "name": "scope.png",
+        "contentType": "image/png",
+        "data": "iVBORw0KGgo=",
+    }
+
+
+def test_an_attachment_exported_without_its_bytes_keeps_what_it_has(tmp_path: Path) -> None:
+    # Server exports name the file and its type but leave the bytes out (Size only).
+    content = wsxf(report_xml()).replace(
+        'HighLimit="5.1" Status="Passed" />',
+        'HighLimit="5.1" Status="Passed" />'
+        '<Attachment Name="winhlp32.exe" ContentType="application/x-msdownload" Size="10240" />',
+    )
+
+    (report,) = convert(write(tmp_path, content))
+
+    assert report["root"]["steps"][0]["attachment"] == {
+        "name": "winhlp32.exe",
+        "contentType": "application/x-msdownload",
+    }
+
+
+def test_assets_are_kept(tmp_path: Path) -> None:
+    content = wsxf(report_xml()).replace(
+        '<UUT UserLoginName="op"',
+        '<Asset AssetSN="DMM-7" UsageCount="1200" /><UUT UserLoginName="op"',
+    )
+    (report,) = convert(write(tmp_path, content))
+    assert report["assets"] == [{"sn": "DMM-7", "usageCount": 1200}]

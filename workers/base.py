@@ -28,6 +28,7 @@ import zmq
 from setproctitle import setproctitle
 
 from wats_station.ipc.contract import EXIT_ORPHANED, EXIT_REPLACE_ME, check_job, check_settings
+from wats_station.ipc.handshake import SECRET_FD_OPTION, read_secret, routing_identity
 from wats_station.ipc.protocol import Message, MsgType, ProtocolError, decode
 from wats_station.ipc.sockets import new_socket, send
 from wats_station.workers.crashpoints import crash_point
@@ -67,6 +68,7 @@ def parse_worker_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     parser.add_argument("--heartbeat-timeout", type=float, default=3.5)
     parser.add_argument("--max-message-bytes", type=int, default=128 * 1024 * 1024)
+    parser.add_argument(SECRET_FD_OPTION, type=int, help="inherited pipe holding the hello secret")
     return parser.parse_args(argv)
 
 
@@ -82,6 +84,8 @@ class Worker:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.name: str = args.name
+        # First of all, so the secret spends as little time as possible in a readable pipe.
+        self._secret = read_secret(args.secret_fd) if args.secret_fd is not None else b""
         self.capacity = 1
         self.settings: dict[str, Any] = {}
         self._outbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
@@ -128,7 +132,7 @@ class Worker:
         crash_point("worker-start", self.kind)
         context = zmq.Context()
         sock = new_socket(context, zmq.DEALER)
-        sock.setsockopt(zmq.IDENTITY, f"{self.name}:{os.getpid()}".encode())
+        sock.setsockopt(zmq.IDENTITY, routing_identity(self.name))
         sock.connect(self.args.endpoint)
         try:
             return self._serve(sock)
@@ -144,9 +148,9 @@ class Worker:
         os.write(self._wake_w, b"\0")
 
     def _serve(self, sock: zmq.Socket) -> int:
-        send(
-            sock, Message(MsgType.HELLO, {"name": self.name, "kind": self.kind, "pid": os.getpid()})
-        )
+        hello = {"name": self.name, "kind": self.kind, "pid": os.getpid(), "proof": self._secret}
+        self._secret = b""
+        send(sock, Message(MsgType.HELLO, hello))
         welcome = self._await_welcome(sock)
         if welcome is None:
             return EXIT_REPLACE_ME  # the supervisor never answered

@@ -17,14 +17,33 @@ from typing import Any
 
 from wats_station.converters.base import ConversionError, Report, ensure_report_ids
 from wats_station.converters.registry import load_converter_class
-from wats_station.converters.wsjf import InvalidReport, serialise_submitted, validate_report
+from wats_station.converters.wsjf import (
+    InvalidReport,
+    report_json,
+    serialise_submitted,
+    validate_report,
+)
 from wats_station.ipc.contract import WorkerKind
-from wats_station.ipc.protocol import ErrorCode, JobKind, MsgType, ProtocolError, decode
+from wats_station.ipc.protocol import (
+    ErrorCode,
+    JobKind,
+    MsgType,
+    ProtocolError,
+    check_fields,
+    decode,
+)
 from wats_station.workers.base import JobError, Worker, run_worker
 from wats_station.workers.crashpoints import crash_point
 from wats_station.workers.dropped import NotReadable, read_dropped
 
 MB = 1024 * 1024
+# submit_report's arguments as the control API declares them (supervisor.control); the
+# supervisor checks the priority's range when it queues the report.
+SUBMIT_ARGS = {
+    "report": ((dict, str, bytes), True),
+    "replace": ((bool,), False),
+    "priority": ((int,), False),
+}
 
 
 class ConverterWorker(Worker):
@@ -37,6 +56,7 @@ class ConverterWorker(Worker):
         self.search_paths = [Path(folder)] if folder else []
         self.station = settings.get("station", {})
         self.max_file_bytes = settings["max_file_bytes"]
+        self.processes_file = settings.get("processes_file")
         self._instances: dict[str, Any] = {}
         self._limit_memory()
 
@@ -55,7 +75,7 @@ class ConverterWorker(Worker):
     def converter(self, name: str) -> Any:
         if name not in self._instances:
             self._instances[name] = build_converter(
-                self.settings_by_name[name], self.search_paths, self.station
+                self.settings_by_name[name], self.search_paths, self.station, self.processes_file
             )
         return self._instances[name]
 
@@ -89,7 +109,10 @@ class ConverterWorker(Worker):
             raise JobError(
                 f"converter {name!r} produced no report from {path.name}", converter=name
             )
-        return {"reports": [serialise(report, index, path) for index, report in enumerate(reports)]}
+        return {
+            "reports": [serialise(report, index, path) for index, report in enumerate(reports)],
+            "converter_version": str(getattr(converter, "version", "") or ""),
+        }
 
     def validate_request(self, frame: bytes) -> dict[str, Any]:
         """A big ``submit_report`` request, decoded and validated here instead of in the
@@ -106,34 +129,39 @@ class ConverterWorker(Worker):
                     request_id=request_id,
                 )
             args = body.get("args") or {}
-            if set(args) != {"report"}:
-                raise JobError(
-                    "submit_report takes exactly one argument, 'report'",
-                    code=str(ErrorCode.BAD_ARGUMENTS),
-                    request_id=request_id,
-                )
+            try:
+                check_fields("submit_report", SUBMIT_ARGS, args, request_id)
+            except ProtocolError as error:
+                code = str(ErrorCode.BAD_ARGUMENTS)
+                raise JobError(str(error), code=code, request_id=request_id) from None
             report_id, payload = serialise_submitted(args["report"])
         except ProtocolError as error:
             raise JobError(str(error), code=str(error.code), request_id=error.request_id) from None
         except InvalidReport as error:
             code = str(ErrorCode.INVALID_REPORT)
             raise JobError(f"invalid report: {error}", code=code, request_id=request_id) from None
-        return {"request_id": request_id, "reports": [{"id": report_id, "json": payload}]}
+        return {
+            "request_id": request_id,
+            "reports": [{"id": report_id, "json": payload}],
+            "priority": args.get("priority") or 0,
+            "replace": bool(args.get("replace")),
+        }
 
 
 def serialise(report: Report, index: int, path: Path) -> dict[str, Any]:
     try:
         validate_report(report)
+        payload = report_json(report)
     except InvalidReport as error:
         raise JobError(f"report {index + 1} of {path.name} is not valid WSJF: {error}") from None
-    return {
-        "id": report["id"],
-        "json": json.dumps(report, ensure_ascii=False, separators=(",", ":")).encode(),
-    }
+    return {"id": report["id"], "json": payload}
 
 
 def build_converter(
-    settings: dict[str, Any], search_paths: list[Path], station: dict[str, Any]
+    settings: dict[str, Any],
+    search_paths: list[Path],
+    station: dict[str, Any],
+    processes_file: str | None = None,
 ) -> Any:
     arguments = {
         "station_name": station.get("name"),
@@ -144,7 +172,10 @@ def build_converter(
     kind = settings["kind"]
     if kind == "python":
         cls = load_converter_class(settings["module"], search_paths)
-        return cls(**arguments)
+        converter = cls(**arguments)
+        # Not an argument: user converters need not know it; those that look names up read it.
+        converter.processes_file = Path(processes_file) if processes_file else None
+        return converter
     if kind == "process":
         from wats_station.converters.external import ProcessConverter
 
@@ -169,13 +200,17 @@ def convert_once() -> int:
     settings = job["converter"]
     folder = job.get("converters_folder")
     try:
-        converter = build_converter(settings, [Path(folder)] if folder else [], job["station"])
+        converter = build_converter(
+            settings, [Path(folder)] if folder else [], job["station"], job.get("processes_file")
+        )
         reports = ensure_report_ids(list(converter.convert(path)), path.read_bytes())
         if not reports:
             raise JobError(f"converter {settings['name']!r} produced no report from {path.name}")
         serialised = [serialise(report, index, path) for index, report in enumerate(reports)]
     except (ConversionError, JobError, OSError, ValueError) as error:
-        print(f"{path}: {error}", file=sys.stderr)
+        message = str(error)
+        # Converters name the file in their messages already; say it once.
+        print(message if message.startswith(str(path)) else f"{path}: {message}", file=sys.stderr)
         return 1
     documents = [json.loads(item["json"]) for item in serialised]
     json.dump(documents[0] if len(documents) == 1 else documents, sys.stdout, indent=2)

@@ -1,17 +1,38 @@
 """The uploader worker: POSTs reports to the WATS server and classifies each answer.
 
 It keeps no state about reports: the supervisor sends one job per report and decides what
-an answer means for the queue. Each pool thread has its own ``requests.Session``
-(Sessions are not documented as thread-safe), so connections are reused per thread.
+an answer means for the queue. A 2xx counts as accepted only when its body is what WATS
+answers for a stored report (JSON naming the report's id, FORMATS.md: ``{"ID", "uuid",
+"Report_ID"}``, or a list of one); anything else is ``not_wats``. A request that was sent and
+then lost its answer (reset, read timeout) is ``answer_lost``, not ``offline``: the server may
+have stored it, so it is retried with backoff like any failure. Each pool thread has its own
+``requests.Session`` (Sessions are not documented as thread-safe), so connections are reused
+per thread.
+
+While the server answers, it also refreshes the station's cached list of the server's processes
+(operation types), which converters read to turn an operation type name into its code.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
+import uuid
+from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import requests
+import urllib3
 
+from wats_station.converters.processes import (
+    PROCESSES_PATH,
+    REFRESH_S,
+    cache_age_s,
+    compact_processes,
+    store_processes,
+)
 from wats_station.ipc.contract import WorkerKind
 from wats_station.ipc.protocol import JobKind, UploadOutcome
 from wats_station.workers.base import JobError, Worker, run_worker
@@ -20,6 +41,11 @@ from wats_station.workers.crashpoints import crash_point
 REPORT_PATH = "/api/Report/WSJF"
 VERSION_PATH = "/api/App/Version"
 MAX_MESSAGE_CHARS = 2000
+SHOWN_BODY_CHARS = 200
+RECEIPT_ID_KEYS = ("ID", "id", "uuid")  # as the pyWATS client reads InsertReportResult
+
+log = logging.getLogger(__name__)
+RETRY_S = 60.0  # how soon to try again for a process list the server did not give
 
 
 def classify(status: int) -> UploadOutcome:
@@ -49,6 +75,82 @@ def server_message(response: requests.Response) -> str:
     return response.text[:MAX_MESSAGE_CHARS] or response.reason or ""
 
 
+def same_id(value: object, report_id: str) -> bool:
+    try:
+        return isinstance(value, str) and uuid.UUID(value) == uuid.UUID(report_id)
+    except ValueError:
+        return False
+
+
+def receipt_problem(response: requests.Response, report_id: str) -> str | None:
+    """None if a 2xx answer is WATS's receipt for this report; else what came back instead."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, list) and body:
+        body = body[0]
+    if isinstance(body, dict):
+        if any(same_id(body.get(key), report_id) for key in RECEIPT_ID_KEYS):
+            return None
+        return f"JSON that does not name report {report_id}: {shown_body(response)}"
+    return shown_body(response)
+
+
+def version_problem(response: requests.Response) -> str | None:
+    """None if a 2xx answer to the version call is what WATS answers (a JSON string)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return shown_body(response)
+    return None if isinstance(body, (str, dict)) and body else shown_body(response)
+
+
+def shown_body(response: requests.Response) -> str:
+    kind = response.headers.get("Content-Type") or "no Content-Type"
+    text = response.text.strip()
+    if not text:
+        return f"{kind}, empty body"
+    cut = text[:SHOWN_BODY_CHARS] + ("..." if len(text) > SHOWN_BODY_CHARS else "")
+    return f"{kind}: {cut!r}"
+
+
+def not_wats(response: requests.Response, url: str, problem: str) -> dict[str, Any]:
+    return {
+        "outcome": str(UploadOutcome.NOT_WATS),
+        "http_status": response.status_code,
+        "message": (
+            f"the server at {url} does not answer like WATS: HTTP {response.status_code} "
+            f"with {problem}"
+        )[:MAX_MESSAGE_CHARS],
+    }
+
+
+def answer_lost(error: requests.RequestException) -> bool:
+    """Whether the request may have reached the server before the answer was lost."""
+    if isinstance(error, requests.ConnectTimeout):
+        return False
+    if isinstance(error, requests.ReadTimeout):
+        return True
+    if isinstance(error, requests.ConnectionError):
+        # urllib3 wraps failures to connect in MaxRetryError; a connection that broke after
+        # the request went out comes as a bare ProtocolError ("Connection aborted.").
+        reason = error.args[0] if error.args else None
+        return isinstance(reason, urllib3.exceptions.ProtocolError)
+    return isinstance(
+        error, (requests.exceptions.ChunkedEncodingError, requests.ContentDecodingError)
+    )
+
+
+def clock_skew(response: requests.Response) -> float | None:
+    """Our clock minus the server's, from its ``Date`` header (whole seconds), or None."""
+    try:
+        server_time = parsedate_to_datetime(response.headers["Date"]).timestamp()
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return round(time.time() - server_time, 1)
+
+
 def retry_after(response: requests.Response) -> float | None:
     value = response.headers.get("Retry-After", "")
     try:
@@ -67,6 +169,13 @@ class UploaderWorker(Worker):
         self.base_url = self.server["url"].rstrip("/")
         self.timeout = (self.upload["connect_timeout_s"], self.upload["read_timeout_s"])
         self._local = threading.local()
+        processes_file = settings.get("processes_file")
+        self.processes_file = Path(processes_file) if processes_file else None
+        if self.processes_file is not None and not getattr(self, "_refresher", None):
+            self._refresher = threading.Thread(
+                target=self.keep_processes_fresh, name="processes", daemon=True
+            )
+            self._refresher.start()
 
     def session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -95,17 +204,27 @@ class UploaderWorker(Worker):
                 timeout=self.timeout,
             )
         except requests.RequestException as error:
+            lost = answer_lost(error)
+            outcome = UploadOutcome.ANSWER_LOST if lost else UploadOutcome.OFFLINE
+            message = describe(error)
+            if lost:
+                message = f"the report was sent but its answer was lost ({message})"
             return {
-                "outcome": str(UploadOutcome.OFFLINE),
+                "outcome": str(outcome),
                 "http_status": None,
-                "message": describe(error),
+                "message": message[:MAX_MESSAGE_CHARS],
             }
         crash_point("after-post-answered")
+        if 200 <= response.status_code < 300:
+            problem = receipt_problem(response, report_id)
+            if problem is not None:
+                return not_wats(response, self.base_url, problem)
         return {
             "outcome": str(classify(response.status_code)),
             "http_status": response.status_code,
             "message": server_message(response),
             "retry_after_s": retry_after(response) if response.status_code == 429 else None,
+            "clock_skew_s": clock_skew(response),
         }
 
     def probe(self) -> dict[str, Any]:
@@ -120,11 +239,46 @@ class UploaderWorker(Worker):
         outcome = classify(response.status_code)
         if outcome is UploadOutcome.REJECTED:
             outcome = UploadOutcome.SERVER_ERROR
+        if outcome is UploadOutcome.ACCEPTED and (problem := version_problem(response)):
+            return not_wats(response, self.base_url, problem)
         return {
             "outcome": str(outcome),
             "http_status": response.status_code,
             "message": server_message(response),
+            "clock_skew_s": clock_skew(response),
         }
+
+    def keep_processes_fresh(self) -> None:
+        """Keep the cached process list fresh: at start, then hourly; every minute without one.
+
+        Never fatal: a station without the list still converts every file that gives its
+        operation type as a code.
+        """
+        while True:
+            fetched = self.refresh_processes()
+            time.sleep(REFRESH_S if fetched else RETRY_S)
+
+    def refresh_processes(self) -> bool:
+        """Fetch the list into the cache file when it is missing or old; True when it is fresh."""
+        assert self.processes_file is not None
+        age = cache_age_s(self.processes_file)
+        if age is not None and age < REFRESH_S:
+            return True
+        try:
+            response = requests.get(
+                self.base_url + PROCESSES_PATH,
+                headers={"Authorization": f"Basic {self.server['token']}"},
+                timeout=self.timeout,
+            )
+            response.raise_for_status()
+            processes = compact_processes(response.json())
+            if not processes:
+                raise ValueError("the server's process list is empty")
+            store_processes(self.processes_file, processes)
+        except (requests.RequestException, ValueError, OSError) as error:
+            log.info("could not refresh the server's process list: %s", error)
+            return False
+        return True
 
 
 def describe(error: requests.RequestException) -> str:

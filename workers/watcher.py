@@ -22,6 +22,8 @@ from wats_station.workers.folder_watch import FolderWatcher, ReadyFile, WatchSpe
 
 log = logging.getLogger("wats-station")
 
+FINISHED_FOLDERS = ("done_folder", "error_folder")
+
 
 class WatcherWorker(Worker):
     kind = WorkerKind.WATCHER
@@ -29,26 +31,35 @@ class WatcherWorker(Worker):
     def configure(self, settings: dict[str, Any]) -> None:
         watch = settings["watch"]
         specs = [
-            WatchSpec(c["name"], Path(c["watch_folder"]), tuple(c["file_patterns"]))
+            WatchSpec(
+                c["name"],
+                Path(c["watch_folder"]),
+                tuple(c["file_patterns"]),
+                recursive=c["recursive"],
+                max_depth=c["max_depth"],
+            )
             for c in settings["converters"]
         ]
+        # Where converted and failed files go is never input, whichever tree it lies in.
+        excluded = [Path(c[key]) for c in settings["converters"] for key in FINISHED_FOLDERS]
         self.capacity = 1
         self.max_file_bytes = int(watch["max_file_mb"] * 1024 * 1024)
         self.folders = FolderWatcher(
             specs,
             self._ready,
             on_rejected=self._rejected,
+            excluded=excluded,
             debounce_s=watch["debounce_s"],
             rescan_interval_s=watch["rescan_interval_s"],
             polling=watch["polling"],
         )
-        self._converter_of = {spec.folder: spec.converter for spec in specs}
+        self._folder_count = len({spec.folder for spec in specs})
 
     def start(self) -> None:
         self.folders.start()
         for warning in self.folders.warnings:
             log.warning("%s", warning)
-        self.set_title(f"watching {len(self._converter_of)} folder(s)")
+        self.set_title(f"watching {self._folder_count} folder(s)")
 
     def stop(self) -> None:
         folders = getattr(self, "folders", None)
@@ -79,7 +90,7 @@ class WatcherWorker(Worker):
         self.post(Message(MsgType.FILE_READY, body))
 
     def _rejected(self, path: Path, reason: str) -> None:
-        converter = self._converter_of.get(path.parent, "")
+        converter = self.folders.converter_of(path) or ""
         body = {"converter": converter, "path": os.fsencode(path), "reason": reason}
         self.post(Message(MsgType.FILE_REJECTED, body))
 

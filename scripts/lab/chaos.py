@@ -7,7 +7,7 @@ The ledger proves that no file and no report was lost, duplicated or left behind
     python -m wats_station.lab.chaos --seed 6 --poison-every 1 --supervisor-kill-every 1,2.5
 
 Good WSJF, WSTF and CSV files (wats_station.samples) and poison files (malformed JSON, garbage
-bytes, an XML entity bomb, empty files, a WSTF cut before ``--UUT-End--``) are dropped into
+bytes, an XML entity bomb, empty files, a WSTF without its serial number) are dropped into
 four watch folders over time. Meanwhile, at moments drawn from the seed, a random worker and
 the supervisor are killed with SIGKILL (the supervisor is started again after a short delay,
 as systemd would), and the emulator's faults are switched on and off through its admin port.
@@ -58,7 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 # converter name -> the file pattern it watches
 CONVERTERS = {"wsjf": "*.json", "wsxf": "*.xml", "wstf": "*.txt", "csv": "*.csv"}
 GOOD_FORMATS = ("wsjf", "wstf", "csv")
-POISONS = ("malformed-json", "garbage", "entity-bomb", "empty", "wstf-without-end")
+POISONS = ("malformed-json", "garbage", "entity-bomb", "empty", "wstf-without-serial")
 ENTITY_BOMB = (
     b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">'
     b'<!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
@@ -257,8 +257,8 @@ def drop_poison(inbox: Path, index: int, kind: str, rng: random.Random) -> Dropp
         converter, data = "wsxf", ENTITY_BOMB
     elif kind == "empty":
         converter, data = rng.choice(tuple(CONVERTERS)), b""
-    else:  # a tester that died before writing the footer
-        text = format_wstf(sample_uut(index)).replace("--UUT-End--", "")
+    else:  # a tester that wrote no serial number (a WSTF cut short converts, as Virinco's does)
+        text = re.sub(r"(?m)^SerialNumber\t.*\n", "", format_wstf(sample_uut(index)))
         converter, data = "wstf", text.encode("cp1252")
     name = f"poison_{index:06d}_{kind}{CONVERTERS[converter][1:]}"
     write_atomically(inbox / converter / name, data, durable=False)
