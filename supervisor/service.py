@@ -592,8 +592,12 @@ class Station:
         """Answer a client once the turn's writes are committed: an answer is a promise. If
         they are rolled back instead, the client hears that nothing was done."""
         self.turn.after_commit(lambda: send(self.control_socket, reply, envelope), first=True)
-        unavailable = reply_error(reply.id, *UNRECORDED)
-        self.turn.on_rollback(lambda: send(self.control_socket, unavailable, envelope))
+        self.turn.on_rollback(lambda: self._reply_rolled_back(envelope, reply.id))
+
+    def _reply_rolled_back(self, envelope: list[bytes], request_id: Any) -> None:
+        failure = self.turn.failure if self.turn is not None else None
+        message = f"not done: {failure}" if failure is not None else UNRECORDED[1]
+        send(self.control_socket, reply_error(request_id, UNRECORDED[0], message), envelope)
 
     def _serve_control(self, budget_end: float) -> None:
         for _ in range(CONTROL_PER_TURN):

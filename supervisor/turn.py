@@ -43,6 +43,7 @@ class Turn:
         self._next: list[Action] = []
         self._dirs: set[Path] = set()
         self._syncing = False
+        self.failure: BaseException | None = None  # why the last pass was rolled back
 
     @property
     def has_next(self) -> bool:
@@ -85,6 +86,7 @@ class Turn:
         if self.may_write():
             pending, self._next = self._next, []
         self.open = True
+        self.failure = None
         committed = False
         try:
             with self.queue.group():
@@ -92,6 +94,9 @@ class Turn:
                     action()
                 yield
             committed = True
+        except BaseException as error:
+            self.failure = error  # for the undo actions to tell
+            raise
         finally:
             self.open = False
             after, self._first, self._after = self._first + self._after, [], []
