@@ -105,8 +105,6 @@ class Station:
         self._next_watchdog = 0.0
         self._next_beat = 0.0
         self._stop_requested = False
-        self._drops_logged_at = 0.0
-        self._drops_unlogged = 0
         self._slow_logged_at = 0.0
         self._submits: dict[str, tuple[list[bytes], Any]] = {}  # validate job -> who asked
         self._lock: InstanceLock | None = None
@@ -301,7 +299,9 @@ class Station:
         return min(max(0.0, min(deadlines) - now), self.config.supervisor.heartbeat_interval_s)
 
     def _log_worker_line(self, worker: WorkerProcess, line: str) -> None:
-        log.info("%s[%s]: %s", worker.name, worker.popen.pid if worker.popen else "?", line)
+        pid = worker.popen.pid if worker.popen else None
+        extra = {"worker": worker.name, "worker_pid": pid, "line": line, "repeat_key": worker.name}
+        log.info("%s[%s]: %s", worker.name, pid or "?", line, extra=extra)
 
     def _read_signals(self) -> None:
         try:
@@ -336,8 +336,10 @@ class Station:
         if self.state is not ServiceState.STOPPING:
             self.guard.tick(now)
             if self.guard.writes_ok:
-                self.conversions.tick(now)
-                self.uploads.tick(now)
+                # A failed write spoils the turn (it is rolled back); the rest of it still runs.
+                with self.guard.guarding():
+                    self.conversions.tick(now)
+                    self.uploads.tick(now)
             self.health.tick(now)
             self.telemetry.tick(now)
         self._notify_systemd(now)
@@ -380,19 +382,14 @@ class Station:
                 job.job_id, ErrorCode.UNAVAILABLE, f"the worker checking the report died ({reason})"
             )
         else:
-            self.uploads.job_lost(job, reason)
+            with self.guard.guarding():  # a full disk must not lose the worker's other jobs
+                self.uploads.job_lost(job, reason)
 
     def _note_drop(self, what: str, error: object) -> None:
-        """Count a bad message; log them at most every few seconds, so a flood cannot
-        become a flood of log lines."""
+        """Count a bad message and log it; a flood does not become a flood of log lines, as
+        the log lets a burst of lines of one kind through and counts the rest (logs.py)."""
         self.dropped_messages += 1
-        self._drops_unlogged += 1
-        now = time.monotonic()
-        if now - self._drops_logged_at >= DROP_LOG_INTERVAL_S:
-            log.warning(
-                "dropped %d bad message(s) from %s; the last: %s", self._drops_unlogged, what, error
-            )
-            self._drops_logged_at, self._drops_unlogged = now, 0
+        log.warning("dropped a bad message from %s: %s", what, error)
 
     def _serve_workers(self, budget_end: float) -> bool:
         for _ in range(WORKER_MESSAGES_PER_TURN):

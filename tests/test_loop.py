@@ -249,7 +249,7 @@ def test_a_big_submitted_report_is_checked_off_the_loop_and_answered_after_its_c
     while len(json.dumps(big)) < 2_000_000:  # well over what the loop decodes itself
         big["root"]["steps"] = steps = steps + steps
     answer = station.call("submit_report", timeout_s=30, report=big)
-    assert answer == {"id": big["id"], "state": "pending"}
+    assert answer == {"id": big["id"], "state": "pending", "priority": 0}
     assert station.call("get_report", id=big["id"])["report"] == big
     broken = dict(big, result="maybe")
     with pytest.raises(CommandFailed) as failed:
