@@ -141,7 +141,11 @@ class Event:
 class EventStream:
     """Live events, in order. A gap in sequence numbers (a slow reader, a restarted station)
     is reported as a synthetic ``resync`` event carrying a fresh status snapshot, so a GUI
-    never silently misses state."""
+    never silently misses state.
+
+    Each event carries the sequence number of its own topic too (``topic_seq``), and the
+    snapshot the numbers each topic had reached; gaps are judged per topic, so the events a
+    ``topics`` filter leaves out never look like losses."""
 
     def __init__(
         self,
@@ -159,7 +163,8 @@ class EventStream:
         for topic in topics:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._sub.connect(self.paths.events_endpoint)
-        self._last_seq: int | None = None
+        self._seqs: dict[str, int] = {}  # topic -> the last sequence number seen
+        self._synced = False  # a snapshot told us every topic's number
         self._epoch: str | None = None
 
     def close(self) -> None:
@@ -175,7 +180,8 @@ class EventStream:
         """Fetch the current status and the sequence number it corresponds to."""
         with StationClient(paths=self.paths, context=self._context) as client:
             snap = client.call("get_snapshot")
-        self._last_seq = snap["seq"]
+        self._seqs = {**(snap.get("topics") or {}), "": snap["seq"]}
+        self._synced = True
         self._epoch = snap["epoch"]
         return Event(snap["seq"], "resync", time.time(), snap["status"])
 
@@ -192,16 +198,30 @@ class EventStream:
             except ProtocolError:
                 continue
             body = message.body
-            seq = body["seq"]
             if self._epoch is not None and body["epoch"] != self._epoch:
                 return self.snapshot()  # the station restarted
             self._epoch = body["epoch"]
-            if self._last_seq is not None and seq <= self._last_seq:
-                continue  # already covered by the snapshot
-            if self._last_seq is not None and seq != self._last_seq + 1:
+            verdict = self._judge(body)
+            if verdict == "gap":
                 return self.snapshot()
-            self._last_seq = seq
-            return Event(seq, body["topic"], float(body["time"]), body["data"])
+            if verdict == "seen":
+                continue
+            return Event(body["seq"], body["topic"], float(body["time"]), body["data"])
+
+    def _judge(self, body: dict[str, Any]) -> str:
+        """``new``, ``seen`` (covered by the snapshot) or ``gap`` (events of its topic were
+        lost). Before the first snapshot a topic's first event starts its count."""
+        topic_seq = body.get("topic_seq")
+        # A station without topic sequences is judged by its global sequence ("" key).
+        key, seq = ("", body["seq"]) if topic_seq is None else (body["topic"], topic_seq)
+        last = self._seqs.get(key)
+        if last is None and not self._synced:
+            self._seqs[key] = seq
+            return "new"
+        if seq <= (last or 0):
+            return "seen"
+        self._seqs[key] = seq
+        return "new" if seq == (last or 0) + 1 else "gap"
 
     def __iter__(self) -> Iterator[Event]:
         while True:

@@ -90,6 +90,7 @@ BODY_FIELDS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
         "epoch": ((str,), True),  # changes when the station restarts and its seq starts over
         "seq": ((int,), True),
         "topic": ((str,), True),
+        "topic_seq": ((int,), False),  # counts the events of this topic only
         "time": ((float, int), True),
         "data": ((dict,), True),
     },

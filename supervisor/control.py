@@ -187,7 +187,12 @@ def get_status(station: Station, args: dict[str, Any]) -> dict[str, Any]:
 
 @command("get_snapshot", "Status plus the event sequence number it matches (to resync events).")
 def get_snapshot(station: Station, args: dict[str, Any]) -> dict[str, Any]:
-    return {"seq": station.seq, "epoch": station.epoch, "status": station.status()}
+    return {
+        "seq": station.seq,
+        "topics": dict(station.topic_seqs),
+        "epoch": station.epoch,
+        "status": station.status(),
+    }
 
 
 @command("get_config", "The running configuration, secrets masked.")

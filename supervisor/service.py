@@ -71,6 +71,7 @@ class Station:
         self.state = ServiceState.STARTING
         self.epoch = uuid.uuid4().hex[:12]
         self.seq = 0
+        self.topic_seqs: dict[str, int] = {}
         self.started_at = time.time()
         self.dropped_messages = 0
         self.failed_messages = 0
@@ -594,12 +595,16 @@ class Station:
     # -- control and events -----------------------------------------------------------
 
     def publish(self, topic: str, data: dict[str, Any]) -> None:
+        """Publish an event. ``topic_seq`` counts this topic's events alone, so a subscriber
+        to some topics can tell its own gaps."""
         self.seq += 1
         self.telemetry.observe(topic, data)
+        self.topic_seqs[topic] = self.topic_seqs.get(topic, 0) + 1
         body = {
             "epoch": self.epoch,
             "seq": self.seq,
             "topic": topic,
+            "topic_seq": self.topic_seqs[topic],
             "time": time.time(),
             "data": data,
         }
