@@ -27,22 +27,13 @@ from requests import Response
 from wats_station.emulator import Emulator
 from wats_station.ipc.client import CommandFailed, EventStream
 from wats_station.ipc.endpoints import instance_paths
-from wats_station.lab.harness import Station, wait_until
+from wats_station.lab.harness import FAST_UPLOAD, Station, wait_until
 from wats_station.samples import sample_report
 from wats_station.supervisor.config import ConfigError, parse_config
 from wats_station.supervisor.queue import ReportQueue
 from wats_station.workers.uploader import answer_lost, receipt_problem
 
 TOKEN = "c3RhdGlvbjpzZWNyZXQ="
-FAST_UPLOADS = {
-    "max_concurrency": 1,
-    "retry_base_s": 0.1,
-    "retry_cap_s": 0.4,
-    "probe_base_s": 0.1,
-    "probe_cap_s": 0.3,
-    "connect_timeout_s": 1.0,
-    "read_timeout_s": 2.0,
-}
 NO_ADMISSION = {"stop_below_mb": 0, "resume_above_mb": 0}
 MB = 1024 * 1024
 
@@ -56,7 +47,7 @@ def emulator() -> Iterator[Emulator]:
 def config(emulator: Emulator, upload: dict | None = None, **sections: object) -> dict:
     return {
         "server": {"url": emulator.url, "token": TOKEN},
-        "upload": {**FAST_UPLOADS, **(upload or {})},
+        "upload": {**FAST_UPLOAD, "max_concurrency": 1, **(upload or {})},
         "admission": NO_ADMISSION,
         **sections,
     }

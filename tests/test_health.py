@@ -11,7 +11,7 @@ import pytest
 
 from wats_station.emulator import Emulator
 from wats_station.ipc.client import EventStream
-from wats_station.lab.harness import wait_until
+from wats_station.lab.harness import minimal_report, wait_until
 from wats_station.supervisor.config import AdmissionSettings, HealthSettings
 from wats_station.supervisor.health import judge
 from wats_station.workers.crashpoints import CRASH_ENV
@@ -99,24 +99,6 @@ def test_thresholds_come_from_the_config():
     assert "11 s old (1 undelivered)" in result["reasons"][0]["message"]
 
 
-def report(n: int) -> dict:
-    return {
-        "type": "T",
-        "id": f"00000000-0000-4000-8000-{n:012d}",
-        "pn": "PCBA-1",
-        "sn": f"SN{n}",
-        "rev": "A",
-        "processCode": 10,
-        "result": "P",
-        "machineName": "st-1",
-        "location": "here",
-        "purpose": "test",
-        "start": "2024-05-01T10:00:00+02:00",
-        "root": {"stepType": "SequenceCall", "name": "Main", "status": "P"},
-        "uut": {},
-    }
-
-
 def health_config(url: str) -> dict:
     return {
         "server": {"url": url, "token": TOKEN},
@@ -168,7 +150,7 @@ def test_health_follows_each_cause_and_comes_back_to_ok(make_station, home):
         try:
             # The oldest undelivered report grows old while the server answers 500.
             emulator.set_faults(failure_rate=1.0)
-            station.call("submit_report", report=report(1))
+            station.call("submit_report", report=minimal_report(1))
             health.becomes("degraded", "unsent")
             found = health.becomes("failing", "unsent")
             assert found["inputs"]["unsent"] == 1
@@ -183,28 +165,28 @@ def test_health_follows_each_cause_and_comes_back_to_ok(make_station, home):
 
         # The server link: offline, refusing our token, limiting our rate.
         emulator.set_faults(down=True)
-        station.call("submit_report", report=report(2))
+        station.call("submit_report", report=minimal_report(2))
         health.becomes("degraded", "server")
         emulator.set_faults(down=False)
         health.becomes("ok")
         emulator.set_faults(unauthorized=True)
-        station.call("submit_report", report=report(3))
+        station.call("submit_report", report=minimal_report(3))
         health.becomes("failing", "server")
         emulator.set_faults(unauthorized=False)
         health.becomes("ok")
         emulator.set_faults(rate_limit_rate=1.0, retry_after=3)
-        station.call("submit_report", report=report(4))
+        station.call("submit_report", report=minimal_report(4))
         health.becomes("degraded", "server")
         emulator.set_faults(rate_limit_rate=0.0)
         health.becomes("ok")
 
         # The clock: the server's Date says we are ten minutes off.
         emulator.set_faults(clock_offset_s=-600.0)
-        station.call("submit_report", report=report(5))
+        station.call("submit_report", report=minimal_report(5))
         found = health.becomes("degraded", "clock")
         assert 590 < found["inputs"]["clock_skew_s"] < 610
         emulator.set_faults(clock_offset_s=0.0)
-        station.call("submit_report", report=report(6))
+        station.call("submit_report", report=minimal_report(6))
         health.becomes("ok")
 
         # Files wait while no converter works, and a quarantined file counts for a while.

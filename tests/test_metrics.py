@@ -11,7 +11,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from wats_station.emulator import Emulator
-from wats_station.lab.harness import wait_until
+from wats_station.lab.harness import minimal_report, wait_until
 from wats_station.samples import write_csv_files
 
 TOKEN = "bWV0cmljczptZXRyaWNz"
@@ -103,7 +103,7 @@ def test_metrics_parse_and_agree_with_the_queue_and_the_server(make_station, hom
 
         # Unauthorized: failing, so not ready (but alive).
         emulator.set_faults(unauthorized=True)
-        station.call("submit_report", report=_report())
+        station.call("submit_report", report=minimal_report(0xAA))
         wait_until(
             lambda: requests.get(f"{base}/health/ready", timeout=5).status_code == 503,
             15,
@@ -152,21 +152,3 @@ def test_metrics_enabled_by_reload_on_a_busy_port_crash_loop_until_the_port_is_f
     )
     assert live
     wait_until(lambda: station.call("get_health")["verdict"] == "ok", 10, "health ok again")
-
-
-def _report() -> dict:
-    return {
-        "type": "T",
-        "id": "00000000-0000-4000-8000-0000000000aa",
-        "pn": "PCBA-1",
-        "sn": "SN-aa",
-        "rev": "A",
-        "processCode": 10,
-        "result": "P",
-        "machineName": "st-1",
-        "location": "here",
-        "purpose": "test",
-        "start": "2024-05-01T10:00:00+02:00",
-        "root": {"stepType": "SequenceCall", "name": "Main", "status": "P"},
-        "uut": {},
-    }

@@ -7,28 +7,10 @@ import json
 import pytest
 
 from wats_station.emulator import Emulator
-from wats_station.lab.harness import wait_until
+from wats_station.lab.harness import minimal_report, wait_until
 from wats_station.samples import write_csv_files
 
 TOKEN = "cGF1c2U6cGF1c2U="
-
-
-def report(n: int) -> dict:
-    return {
-        "type": "T",
-        "id": f"00000000-0000-4000-8000-{n:012d}",
-        "pn": "PCBA-1",
-        "sn": f"SN{n}",
-        "rev": "A",
-        "processCode": 10,
-        "result": "P",
-        "machineName": "st-1",
-        "location": "here",
-        "purpose": "test",
-        "start": "2024-05-01T10:00:00+02:00",
-        "root": {"stepType": "SequenceCall", "name": "Main", "status": "P"},
-        "uut": {},
-    }
 
 
 def station_config(emulator: Emulator) -> dict:
@@ -54,7 +36,7 @@ def test_pause_during_a_stream_loses_nothing_and_delivers_everything_once_after_
         for path in files[:4]:
             path.rename(f"{drop}/{path.name}")
         for n in range(5):
-            station.call("submit_report", report=report(n))
+            station.call("submit_report", report=minimal_report(n))
         result = station.cli("pause", check=True)
         assert "uploads (by " in result.stdout and "conversions (by " in result.stdout
         status = station.call("get_status")
@@ -63,7 +45,7 @@ def test_pause_during_a_stream_loses_nothing_and_delivers_everything_once_after_
         for path in files[4:8]:
             path.rename(f"{drop}/{path.name}")
         for n in range(5, 10):
-            station.call("submit_report", report=report(n))
+            station.call("submit_report", report=minimal_report(n))
 
         # Paused: the new files stay in the drop folder, the new reports stay queued.
         wait_until(

@@ -52,6 +52,27 @@ FAST_UPLOAD: dict[str, Any] = {
     "connect_timeout_s": 1.0,
     "read_timeout_s": 2.0,
 }
+
+
+def minimal_report(n: int) -> dict[str, Any]:
+    """The smallest valid WSJF test report, numbered: its id and serial number follow ``n``."""
+    return {
+        "type": "T",
+        "id": f"00000000-0000-4000-8000-{n:012d}",
+        "pn": "PCBA-1",
+        "sn": f"SN{n}",
+        "rev": "A",
+        "processCode": 10,
+        "result": "P",
+        "machineName": "st-1",
+        "location": "here",
+        "purpose": "test",
+        "start": "2024-05-01T10:00:00+02:00",
+        "root": {"stepType": "SequenceCall", "name": "Main", "status": "P"},
+        "uut": {},
+    }
+
+
 _EMULATOR_BANNER = re.compile(r"listening on (http://\S+) \(admin (http://\S+)\)")
 
 
