@@ -176,6 +176,8 @@ class Conversions:
         its FILE_READY (``deferred``, until ``resume``) or, recorded in an earlier turn, from
         the waiting line (conversions do not run while the queue cannot be written)."""
         self.in_flight.discard(path)
+        if path in self.deferred:
+            return  # already to be taken again from its FILE_READY
         if any(pending.path == path for pending in self.waiting):
             self.waiting = deque(pending for pending in self.waiting if pending.path != path)
         body = item if isinstance(item, dict) else self._bodies.get(path)

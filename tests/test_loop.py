@@ -21,7 +21,8 @@ from wats_station.ipc.client import CommandFailed, EventStream
 from wats_station.ipc.protocol import Message, MsgType, encode, peek_id
 from wats_station.lab.harness import FAST_UPLOAD, wait_until
 from wats_station.samples import sample_report, write_wsjf_files
-from wats_station.supervisor.queue import QueueError, ReportQueue
+from wats_station.supervisor.queue import QueueError, QueueWriteError, ReportQueue
+from wats_station.supervisor.turn import Turn
 from wats_station.workers.dropped import NotReadable, fingerprint, read_dropped
 
 TOKEN = "bG9vcDpsb29w"
@@ -115,6 +116,51 @@ def test_a_write_group_commits_once_and_a_failed_write_inside_undoes_only_itself
         raise RuntimeError("the turn failed")
     assert queue.stats()["pending"] == 2  # the failed group left nothing behind
     other.close()
+    queue.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_write_sqlite_fails_spoils_its_group_which_raises_the_named_error(tmp_path):
+    queue = ReportQueue(tmp_path / "q.db")
+    with pytest.raises(QueueWriteError) as raised, queue.group():
+        queue.enqueue([report(1)])
+        with pytest.raises(QueueWriteError), queue._write():
+            queue._sql("INSERT INTO no_such_table VALUES (1)")  # SQLite fails this write
+        with pytest.raises(QueueWriteError):
+            queue.enqueue([report(2)])  # refused: the transaction may be gone already
+    assert "no_such_table" in str(raised.value) and raised.value.kind == "sqlite_error"
+    assert queue.stats()["pending"] == 0  # rolled back, report 1 included
+    queue.enqueue([report(3)])  # the next group (or write) works
+    assert queue.stats()["pending"] == 1
+    queue.close()
+
+
+@pytest.mark.timeout(10)
+def test_a_rolled_back_turn_sends_nothing_undoes_memory_and_holds_its_next_writes(tmp_path):
+    queue = ReportQueue(tmp_path / "q.db")
+    writable = [True]
+    turn = Turn(queue, may_write=lambda: writable[0])
+    done: list[str] = []
+    with turn.run():
+        turn.next_turn(lambda: done.append("marked done"))
+    with pytest.raises(QueueWriteError), turn.run():
+        assert done == ["marked done"]  # the next-turn write ran in this turn
+        turn.after_commit(lambda: done.append("answered"), first=True)
+        turn.on_rollback(lambda: done.append("undo 1"))
+        turn.on_rollback(lambda: done.append("undo 2"))
+        raise QueueWriteError("the disk holding the queue is full", "disk_full")
+    assert done == ["marked done", "undo 2", "undo 1"]  # no answer; undone in reverse
+    assert isinstance(turn.failure, QueueWriteError)
+    writable[0] = False  # the guard's alarm: the write that was rolled back waits
+    assert not turn.has_next
+    with turn.run():
+        pass
+    assert done == ["marked done", "undo 2", "undo 1"]
+    writable[0] = True
+    assert turn.has_next
+    with turn.run():
+        pass
+    assert done[-1] == "marked done"
     queue.close()
 
 
