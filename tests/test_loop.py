@@ -302,6 +302,20 @@ def test_a_big_submitted_report_is_checked_off_the_loop_and_answered_after_its_c
         station.call("submit_report", timeout_s=30, report=broken)
     assert failed.value.code == "invalid_report" and "result" in str(failed.value)
     wait_until(lambda: emulator.stats()["unique"] == 1, 30, "the big report on the server")
+    # What the control API promises of a submit holds for big ones too (issues 10 and 14).
+    assert station.call("submit_report", timeout_s=30, report=big)["unchanged"] is True
+    changed = dict(big, location="elsewhere")
+    with pytest.raises(CommandFailed) as failed:
+        station.call("submit_report", timeout_s=30, report=changed)
+    assert failed.value.code == "conflict"
+    with pytest.raises(CommandFailed) as failed:
+        station.call("submit_report", timeout_s=30, report=changed, replace=True, priority=10**6)
+    assert failed.value.code == "bad_arguments" and "priority" in str(failed.value)
+    answer = station.call("submit_report", timeout_s=30, report=changed, replace=True, priority=3)
+    assert answer == {"id": big["id"], "state": "pending", "priority": 3}
+    with pytest.raises(CommandFailed) as failed:
+        station.call("submit_report", timeout_s=30, report=big, unknown=1)
+    assert failed.value.code == "bad_arguments"
 
 
 @pytest.mark.timeout(60)
