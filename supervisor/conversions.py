@@ -33,6 +33,7 @@ import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -260,6 +261,12 @@ class Conversions:
             if self.fleet.dispatch(workers[0], JobKind.CONVERT, data, conv.deadline_s) is None:
                 self.waiting.appendleft(item)
                 return
+            # Rolled back, the job never went out: the file goes first again.
+            self.turn.on_rollback(partial(self._not_dispatched, item))
+
+    def _not_dispatched(self, item: Pending) -> None:
+        if item.path in self.in_flight and all(p.path != item.path for p in self.waiting):
+            self.waiting.appendleft(item)
 
     # -- results ----------------------------------------------------------------------
 

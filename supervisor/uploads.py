@@ -34,6 +34,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from wats_station.ipc.contract import EventTopic, WorkerKind
@@ -164,6 +165,9 @@ class Uploads:
                 if self.fleet.dispatch(worker, JobKind.UPLOAD, data, None) is None:
                     self._claimed.appendleft(report)
                     break
+                # Rolled back, the job never went out: the report is claimed ahead again
+                # (or forgotten, if it was claimed in the same turn).
+                self.on_rollback(partial(self._not_dispatched, report))
                 slots -= 1
         if self._claimed:
             self._next_check = now + RECHECK_S  # an answer frees a slot and wakes us
@@ -185,6 +189,10 @@ class Uploads:
         if claimed:
             ids = {report.id for report in claimed}
             self.on_rollback(lambda: self._forget(ids))
+
+    def _not_dispatched(self, report: QueuedReport) -> None:
+        self._claimed.appendleft(report)
+        self.wake()
 
     def _forget(self, ids: set[str]) -> None:
         self._claimed = deque(report for report in self._claimed if report.id not in ids)
