@@ -29,6 +29,7 @@ import zmq
 from wats_station.converters.processes import PROCESSES_FILE_NAME
 from wats_station.ipc.contract import (
     EXIT_ORPHANED,
+    EXIT_REPLACE_ME,
     JOB_RUNNER,
     STOP_ORDER,
     WorkerKind,
@@ -276,7 +277,9 @@ class Fleet:
         # A worker asked to stop (by an operator, a reload or the station stopping), or one
         # that left because it lost its supervisor, was not stopped by its file: the file is
         # not charged, even if the worker had to be killed.
-        charge = not stopping and worker.returncode != EXIT_ORPHANED
+        # One that asked to be replaced (EXIT_REPLACE_ME: its heap is in doubt after a
+        # MemoryError it has already answered for) did not die on the job it held either.
+        charge = not stopping and worker.returncode not in (EXIT_ORPHANED, EXIT_REPLACE_ME)
         if identity is not None:
             self.by_identity.pop(identity, None)
         tail = "\n".join(worker.output_tail)
