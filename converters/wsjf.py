@@ -133,6 +133,22 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+def serialise_submitted(report: object) -> tuple[str, bytes]:
+    """A report given to ``submit_report`` (an object, or its JSON text) as its canonical id and
+    the bytes the queue stores (``report_json``); InvalidReport says what is wrong with it."""
+    if isinstance(report, (str, bytes)):
+        try:
+            report = json.loads(report)
+        except RecursionError:
+            raise InvalidReport("report", "JSON nested too deeply") from None
+        except ValueError as error:
+            raise InvalidReport("report", f"not valid JSON: {error}") from None
+    validate_report(report)
+    assert isinstance(report, dict)
+    payload = report_json(report)
+    return report["id"], payload
+
+
 def parse_report_bytes(data: bytes, source: str) -> list[Report]:
     """Decode WSJF bytes (one report or a list of reports) into validated reports.
 

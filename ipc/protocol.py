@@ -11,6 +11,7 @@ survives the trip.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -65,6 +66,7 @@ class JobKind(StrEnum):
     CONVERT = "convert"
     UPLOAD = "upload"
     PROBE = "probe"  # uploader: is the server reachable, and does it accept our token?
+    VALIDATE = "validate"  # converter: decode and validate a big submit_report request
 
 
 class UploadOutcome(StrEnum):
@@ -88,7 +90,7 @@ BODY_FIELDS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
     MsgType.REPLY: {"ok": ((bool,), True), "result": ((ANY,), False), "error": ((dict,), False)},
     MsgType.EVENT: {
         "epoch": ((str,), True),  # changes when the station restarts and its seq starts over
-        "seq": ((int,), True),
+        "seq": ((int,), True),  # counts every event of this epoch
         "topic": ((str,), True),
         "topic_seq": ((int,), False),  # counts the events of this topic only
         "time": ((float, int), True),
@@ -114,6 +116,7 @@ BODY_FIELDS: dict[MsgType, dict[str, tuple[tuple[type, ...], bool]]] = {
         "path": ((bytes,), True),
         "size": ((int,), True),
         "mtime_ns": ((int,), True),
+        "sha256": ((str,), True),  # the watcher fingerprints what it read through one handle
     },
     MsgType.FILE_REJECTED: {
         "converter": ((str,), True),
@@ -183,16 +186,38 @@ def decode(frame: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message:
     return Message(msg_type, body, request_id)
 
 
+def peek_id(frame: bytes) -> Any:
+    """A message's ``id`` read without decoding its body (our encoder writes the id first), so
+    a reply can name the request even when the request is decoded elsewhere; None if unread."""
+    unpacker = msgpack.Unpacker(io.BytesIO(frame), raw=False, read_size=4096)
+    try:
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == "id":
+                value = unpacker.unpack()
+                return value if isinstance(value, (int, str)) else None
+            unpacker.skip()
+    except Exception:  # msgpack raises several unrelated types for bad input
+        return None
+    return None
+
+
 def check_body(msg_type: MsgType, body: dict[str, Any], request_id: Any = None) -> None:
-    spec = BODY_FIELDS[msg_type]
+    check_fields(f"{msg_type} message", BODY_FIELDS[msg_type], body, request_id)
+
+
+def check_fields(
+    what: str,
+    spec: dict[str, tuple[tuple[type, ...], bool]],
+    data: dict[str, Any],
+    request_id: Any = None,
+) -> None:
+    """Every required field present, every field of its type, no unknown field."""
     for name, (types, required) in spec.items():
-        if name not in body:
+        if name not in data:
             if required:
-                raise ProtocolError(
-                    ErrorCode.BAD_FIELD, f"{msg_type} message lacks field '{name}'", request_id
-                )
+                raise ProtocolError(ErrorCode.BAD_FIELD, f"{what} lacks field '{name}'", request_id)
             continue
-        value = body[name]
+        value = data[name]
         if ANY in types or (value is None and not required):
             continue
         # bool is an int in Python; a field that wants an int must not accept True.
@@ -200,14 +225,14 @@ def check_body(msg_type: MsgType, body: dict[str, Any], request_id: Any = None) 
             wanted = " or ".join(t.__name__ for t in types)
             raise ProtocolError(
                 ErrorCode.BAD_FIELD,
-                f"{msg_type} field '{name}' must be {wanted}, not {type(value).__name__}",
+                f"{what} field '{name}' must be {wanted}, not {type(value).__name__}",
                 request_id,
             )
-    unknown = set(body) - set(spec)
+    unknown = set(data) - set(spec)
     if unknown:
         raise ProtocolError(
             ErrorCode.BAD_FIELD,
-            f"{msg_type} message has unknown field(s): {', '.join(sorted(unknown))}",
+            f"{what} has unknown field(s): {', '.join(sorted(unknown))}",
             request_id,
         )
 

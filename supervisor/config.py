@@ -159,6 +159,9 @@ class WatchSettings:
         10.0, between(0.1, 86400), "full rescans that catch missed events"
     )
     polling: bool = key(False, help="poll instead of inotify (network shares)")
+    max_file_mb: float = key(
+        1024.0, between(0.001, 1 << 20), "a larger dropped file goes to the error folder unread"
+    )
 
 
 @dataclass(frozen=True)

@@ -14,29 +14,61 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from wats_station.converters.base import canonical_id
-from wats_station.converters.wsjf import InvalidReport, report_json, validate_report
+from wats_station.converters.wsjf import InvalidReport, serialise_submitted
+from wats_station.ipc.contract import EventTopic
+from wats_station.ipc.endpoints import InstancePaths
 from wats_station.ipc.protocol import ErrorCode, JobKind, Message, reply_error, reply_ok
 from wats_station.ipc.states import PauseTarget, ReportState
 from wats_station.supervisor import files, trail
 from wats_station.supervisor.config import (
     PRIORITY_RANGE,
+    Config,
     ConfigError,
     config_to_dict,
     merge_config_changes,
     parse_config,
     write_config_file,
 )
-from wats_station.supervisor.conversions import note_replacement
-from wats_station.supervisor.queue import QueueError, QueueWriteError
-
-if TYPE_CHECKING:
-    from wats_station.supervisor.process import WorkerProcess
-    from wats_station.supervisor.service import Station
+from wats_station.supervisor.conversions import Conversions, note_replacement
+from wats_station.supervisor.guard import QueueGuard
+from wats_station.supervisor.health import Health
+from wats_station.supervisor.pause import Pause
+from wats_station.supervisor.process import WorkerProcess
+from wats_station.supervisor.queue import QueueError, QueueWriteError, ReportQueue
+from wats_station.supervisor.uploads import Uploads
 
 log = logging.getLogger("wats-station")
+
+
+class Station(Protocol):
+    """What the commands use of the running station, and all they may use: the service
+    module implements it, and this module does not import the service (no import circle)."""
+
+    paths: InstancePaths
+    config: Config
+    seq: int
+    topic_seqs: dict[str, int]
+    epoch: str
+    queue: ReportQueue
+    conversions: Conversions
+    uploads: Uploads
+    pause: Pause
+    health: Health
+    guard: QueueGuard
+
+    @property
+    def workers(self) -> dict[str, WorkerProcess]: ...
+    def status(self) -> dict[str, Any]: ...
+    def reload(self) -> dict[str, Any]: ...
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
+    def stop_after_reply(self) -> None: ...
+    def stop_worker(self, worker: WorkerProcess, reason: str) -> None: ...
+    def start_worker(self, worker: WorkerProcess) -> None: ...
+    def restart_worker(self, worker: WorkerProcess) -> None: ...
+
 
 Handler = Callable[["Station", dict[str, Any]], Any]
 ArgSpec = dict[str, tuple[tuple[type, ...], bool]]
@@ -202,7 +234,7 @@ def get_config(station: Station, args: dict[str, Any]) -> dict[str, Any]:
 
 @command("stop", "Stop the station gracefully (the reply comes first).")
 def stop(station: Station, args: dict[str, Any]) -> dict[str, Any]:
-    station._stop_requested = True
+    station.stop_after_reply()
     return {"stopping": True}
 
 
@@ -348,53 +380,57 @@ def clean_reports(station: Station, args: dict[str, Any]) -> dict[str, int]:
     priority=OPT_INT,
 )
 def submit_report(station: Station, args: dict[str, Any]) -> dict[str, Any]:
-    report = args["report"]
-    priority = args.get("priority") or 0
+    # Requests over a few hundred kilobytes never get here: a converter worker decodes and
+    # validates them (JobKind.VALIDATE), so a big report cannot stall the station's loop; its
+    # answer goes through queue_submitted all the same.
+    try:
+        report_id, payload = serialise_submitted(args["report"])
+    except InvalidReport as error:
+        raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
+    return queue_submitted(
+        station,
+        report_id,
+        payload,
+        priority=args.get("priority") or 0,
+        replace=bool(args.get("replace")),
+    )
+
+
+def queue_submitted(
+    station: Station, report_id: str, payload: bytes, *, priority: int, replace: bool
+) -> dict[str, Any]:
+    """Queue one validated report (``serialise_submitted``: canonical id, no NaN) for
+    submit_report, decoded here or in a converter worker; durable when the turn commits."""
     low, high = PRIORITY_RANGE
     if not low <= priority <= high:
         raise CommandError(
             ErrorCode.BAD_ARGUMENTS,
             f"submit_report: priority must be between {low} and {high}, got {priority}",
         )
-    if isinstance(report, (str, bytes)):
-        try:
-            report = json.loads(report)
-        except RecursionError:
-            raise CommandError(
-                ErrorCode.INVALID_REPORT, "report JSON is nested too deeply"
-            ) from None
-        except ValueError as error:
-            raise CommandError(
-                ErrorCode.INVALID_REPORT, f"report is not valid JSON: {error}"
-            ) from None
-    try:
-        validate_report(report)
-        payload = report_json(report)  # the id in canonical form; no NaN or ±Infinity
-    except InvalidReport as error:
-        raise CommandError(ErrorCode.INVALID_REPORT, f"invalid report: {error}") from None
     guard = getattr(station, "guard", None)  # None: a queue command on a stopped station
     if guard is not None and (refusal := guard.refusal()):
         raise CommandError(ErrorCode.UNAVAILABLE, f"not taking new reports: {refusal}")
-    report_id = report["id"]
     stored = station.queue.stored_payloads([report_id]).get(report_id)
     if stored is not None and stored[1] == payload:
         return {"id": report_id, "state": str(stored[0]), "unchanged": True}
     if stored is not None:
-        if not args.get("replace"):
+        if not replace:
             raise CommandError(
                 ErrorCode.CONFLICT,
                 f"a different report with id {report_id} is already {stored[0]}; "
                 "submit it with replace=true to replace it",
             )
-        note_replacement(station, report_id, stored[0], "submit_report")
+        note_replacement(station.publish, report_id, stored[0], "submit_report")
     try:
         station.queue.enqueue([(report_id, payload)], priority=priority)
     except QueueWriteError as error:
         if guard is not None:
             guard.note(error)
         raise CommandError(ErrorCode.UNAVAILABLE, f"report not queued: {error}") from None
-    station.uploads.wake()
-    station.publish("report.queued", {"id": report_id, "source": "submit_report"})
+    uploads = getattr(station, "uploads", None)
+    if uploads is not None:
+        uploads.wake()
+    station.publish(EventTopic.REPORT_QUEUED, {"id": report_id, "source": "submit_report"})
     return {"id": report_id, "state": str(ReportState.PENDING), "priority": priority}
 
 

@@ -1,14 +1,16 @@
 """The life of an input file on the supervisor's side: record, dispatch, commit, post-process.
 
-1. ``file_ready`` fingerprints the file (size, mtime, sha256) and records it durably before
-   anything else happens; a file already recorded is recognised, so after a crash a file
+1. ``file_ready`` records the file durably, by the fingerprint (size, mtime, sha256) the
+   watcher took through one handle, before anything else happens; the supervisor itself never
+   reads a dropped file. A file already recorded is recognised, so after a crash a file
    whose reports were committed is only post-processed, never converted again.
 2. ``tick`` hands one file at a time to each idle converter worker, with the converter's
    deadline.
 3. ``job_done`` commits the worker's (already validated) reports in the same transaction
-   that marks the file converted, then performs the post action.
+   that marks the file converted; the post action follows that commit (``Turn``).
 4. A worker that dies on a file costs that file one crash; at ``max_crashes`` the file is
-   quarantined to the error folder with a sidecar that says why. Other files flow on.
+   quarantined to the error folder with a sidecar that says why. Other files flow on. A worker
+   stopped on purpose costs its file nothing: the file simply waits for the next worker.
 
 While the queue guard refuses new work (low disk, a failed write, a lost queue file), a ready
 file is only remembered (``deferred``) and stays where it is; a file whose record or commit
@@ -21,7 +23,6 @@ it) or ``lineA/x.json`` in the archive.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -30,22 +31,24 @@ import time
 import traceback
 import zipfile
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from wats_station.ipc.contract import EventTopic, WorkerKind
 from wats_station.ipc.protocol import JobKind
 from wats_station.ipc.states import ReportState, SourceState
 from wats_station.supervisor.atomic import fsync_dir, write_atomically
-from wats_station.supervisor.config import ConverterSettings
+from wats_station.supervisor.config import Config, ConverterSettings
+from wats_station.supervisor.fleet import Fleet
 from wats_station.supervisor.pathnames import real_path, stored_path
-from wats_station.supervisor.queue import QueueWriteError
+from wats_station.supervisor.process import Job
+from wats_station.supervisor.queue import QueueWriteError, ReportQueue
 from wats_station.supervisor.trust import inside_folder
+from wats_station.supervisor.turn import Turn
 from wats_station.workers.crashpoints import crash_point
-
-if TYPE_CHECKING:
-    from wats_station.supervisor.process import Job
-    from wats_station.supervisor.service import Station
 
 log = logging.getLogger("wats-station")
 
@@ -62,14 +65,6 @@ class Pending:
 def readable(text: str) -> str:
     """Text safe for the database and for people: undecodable bytes shown as escapes."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def free_name(folder: Path, name: str) -> Path:
@@ -94,20 +89,39 @@ def relative_folder(path: str | Path, conv: ConverterSettings) -> Path:
 
 
 class Conversions:
-    def __init__(self, station: Station) -> None:
-        self.station = station
+    def __init__(
+        self,
+        queue: ReportQueue,
+        config: Callable[[], Config],
+        fleet: Fleet,
+        turn: Turn,
+        *,
+        publish: Callable[[str, dict[str, Any]], None],
+        reports_queued: Callable[[], None],
+        refusal: Callable[[], str | None],
+        note_error: Callable[[QueueWriteError], None],
+        paused: Callable[[], bool],
+        dropped: Callable[[], None],
+    ) -> None:
+        self.queue = queue
+        self.config = config
+        self.fleet = fleet
+        self.turn = turn
+        self.publish = publish
+        self.reports_queued = reports_queued
+        self.refusal = refusal  # the queue guard's: why new work is refused, or None
+        self.note_error = note_error  # tell the queue guard a write failed
+        self.paused = paused  # conversions paused by an operator
+        self.dropped = dropped  # count a message we ignored
         self.waiting: deque[Pending] = deque()
         self.in_flight: set[str] = set()  # paths waiting or converting
         self.deferred: dict[str, dict[str, Any]] = {}  # path -> FILE_READY body, until resume()
+        self._bodies: dict[str, dict[str, Any]] = {}  # in-flight path -> its FILE_READY body
         self.counts = {"converted": 0, "failed": 0, "reports": 0}
         self._recover()
 
-    @property
-    def queue(self) -> Any:
-        return self.station.queue
-
     def converter(self, name: str) -> ConverterSettings | None:
-        return self.station.config.converter(name)
+        return self.config().converter(name)
 
     # -- recovery ---------------------------------------------------------------------
 
@@ -144,18 +158,39 @@ class Conversions:
         path = os.fsdecode(body["path"])
         if path in self.in_flight:
             return
-        if self.station.guard.refusal() is not None:
+        if self.refusal() is not None:
             self.deferred[path] = body  # left in its folder; taken when the guard allows
             return
+        self._retake_on_rollback(path, body)
         try:
             self._take(path, body)
         except QueueWriteError as error:
-            self._defer(path, body, error)
+            self._retake_later(path, body)
+            self.note_error(error)
 
-    def _defer(self, path: str, body: dict[str, Any], error: QueueWriteError) -> None:
+    def _retake_on_rollback(self, path: str, item: dict[str, Any] | Pending) -> None:
+        """If this turn's writes are rolled back (a full disk), the file is taken again."""
+        self.turn.on_rollback(lambda: self._retake_later(path, item))
+
+    def _retake_later(self, path: str, item: dict[str, Any] | Pending) -> None:
+        """What this turn did with the file is undone: it is taken again from the start, by
+        its FILE_READY (``deferred``, until ``resume``) or, recorded in an earlier turn, from
+        the waiting line (conversions do not run while the queue cannot be written)."""
         self.in_flight.discard(path)
-        self.deferred[path] = body
-        self.station.guard.note(error)
+        if path in self.deferred:
+            return  # already to be taken again from its FILE_READY
+        if any(pending.path == path for pending in self.waiting):
+            self.waiting = deque(pending for pending in self.waiting if pending.path != path)
+        body = item if isinstance(item, dict) else self._bodies.get(path)
+        self._bodies.pop(path, None)
+        if body is not None:
+            self.deferred[path] = body
+        elif isinstance(item, Pending) and os.path.lexists(path):
+            self._enqueue(item.source_id, path, item.converter)
+
+    def _done_with(self, path: str) -> None:
+        self.in_flight.discard(path)
+        self._bodies.pop(path, None)
 
     def resume(self) -> None:
         """The guard takes new work again: the files that waited meanwhile are taken now."""
@@ -169,34 +204,22 @@ class Conversions:
         conv = self.converter(body["converter"])
         if conv is None or not conv.enabled or not self._in_watch_folder(path, conv):
             return
-        try:
-            sha = file_sha256(path)
-            info = os.stat(path)
-        except FileNotFoundError:
-            return  # gone before we looked: nothing to convert, nothing lost
-        except OSError as error:
-            log.warning("cannot read %s: %s", path, error)
-            return
-        record = self.queue.find_source(stored_path(path), info.st_size, info.st_mtime_ns, sha)
-        if record is None and conv.post_action == "keep" and self._kept_already(path, info, sha):
-            return
-        if record is None:
-            record = self.queue.record_source(
-                stored_path(path), info.st_size, info.st_mtime_ns, sha, conv.name
-            )
-            crash_point("after-file-recorded")
+        fingerprint = (stored_path(path), body["size"], body["mtime_ns"], body["sha256"])
+        if (
+            conv.post_action == "keep"
+            and self.queue.find_source(*fingerprint) is None
+            and self.queue.find_source(*fingerprint, finished=True) is not None
+        ):
+            return  # kept after an earlier conversion
+        record = self.queue.record_source(*fingerprint, conv.name)  # or the one it already has
+        self._bodies[path] = body
+        if record.state is SourceState.RECORDED:
+            self.turn.after_commit(lambda: crash_point("after-file-recorded"), first=True)
         if record.state is SourceState.CONVERTED:
-            self._post_process(record.id, path, conv)
+            self.in_flight.add(path)
+            self.turn.after_commit(lambda: self._post_process(record.id, path, conv))
         else:
             self._enqueue(record.id, path, conv.name)
-
-    def _kept_already(self, path: str, info: os.stat_result, sha: str) -> bool:
-        return (
-            self.queue.find_source(
-                stored_path(path), info.st_size, info.st_mtime_ns, sha, finished=True
-            )
-            is not None
-        )
 
     def _enqueue(self, source_id: int, path: str, converter: str) -> None:
         self.in_flight.add(path)
@@ -214,30 +237,36 @@ class Conversions:
         """Whoever names a file, we touch only files in the converter's own watch folder."""
         if inside_folder(path, conv.watch_folder):
             return True
-        self.station.dropped_messages += 1
+        self.dropped()
         log.warning("ignored %s: not inside the watch folder of converter %r", path, conv.name)
         return False
 
     def tick(self, now: float) -> None:
-        if self.station.pause.conversions:
+        if self.paused():
             return  # files stay in their drop folders, recorded and waiting
         while self.waiting:
-            workers = self.station.idle_workers("converter")
+            workers = self.fleet.idle(WorkerKind.CONVERTER)
             if not workers:
                 return
             item = self.waiting.popleft()
             conv = self.converter(item.converter)
             if conv is None:
-                self.in_flight.discard(item.path)
+                self._done_with(item.path)
                 continue
             data = {
                 "path": os.fsencode(item.path),
                 "converter": conv.name,
                 "source_id": item.source_id,
             }
-            if self.station.dispatch(workers[0], JobKind.CONVERT, data, conv.deadline_s) is None:
+            if self.fleet.dispatch(workers[0], JobKind.CONVERT, data, conv.deadline_s) is None:
                 self.waiting.appendleft(item)
                 return
+            # Rolled back, the job never went out: the file goes first again.
+            self.turn.on_rollback(partial(self._not_dispatched, item))
+
+    def _not_dispatched(self, item: Pending) -> None:
+        if item.path in self.in_flight and all(p.path != item.path for p in self.waiting):
+            self.waiting.appendleft(item)
 
     # -- results ----------------------------------------------------------------------
 
@@ -245,7 +274,7 @@ class Conversions:
         source_id, path = job.data["source_id"], os.fsdecode(job.data["path"])
         conv = self.converter(job.data["converter"])
         if conv is None:
-            self.in_flight.discard(path)
+            self._done_with(path)
             return
         if not body["ok"]:
             error = body.get("error") or {}
@@ -256,6 +285,7 @@ class Conversions:
         # A file is the test program's word: a different report under a known id replaces the
         # stored one (as WATS itself would), but never silently.
         stored = self.queue.stored_payloads([report_id for report_id, _ in rows])
+        self._retake_on_rollback(path, Pending(source_id, path, conv.name))
         try:
             self.queue.commit_conversion(
                 source_id,
@@ -264,30 +294,37 @@ class Conversions:
                 priority=conv.priority,
             )
         except QueueWriteError as error:
-            # Nothing was committed: the file stays recorded and is converted again later.
+            # Nothing is committed: the file stays recorded and is converted again later.
             log.warning("could not commit the reports of %s: %s", path, error)
-            self._defer(path, _ready_body(path, conv.name), error)
+            self._retake_later(path, Pending(source_id, path, conv.name))
+            self.note_error(error)
             return
         for report_id, payload in rows:
             if report_id in stored and stored[report_id][1] != payload:
-                note_replacement(self.station, report_id, stored[report_id][0], path)
-        crash_point("after-report-committed")
+                note_replacement(self.publish, report_id, stored[report_id][0], path)
         self.counts["reports"] += len(reports)
-        self.station.uploads.wake()
+        self.reports_queued()
         for report in reports:
-            self.station.publish("report.queued", {"id": report["id"], "source": path})
-        self._post_process(source_id, path, conv)
+            self.publish(EventTopic.REPORT_QUEUED, {"id": report["id"], "source": path})
+        self.turn.after_commit(lambda: crash_point("after-report-committed"), first=True)
+        self.turn.after_commit(lambda: self._post_process(source_id, path, conv))
 
-    def job_lost(self, job: Job, reason: str, output_tail: str) -> None:
+    def job_lost(self, job: Job, reason: str, output_tail: str, charge: bool = True) -> None:
         source_id, path = job.data["source_id"], os.fsdecode(job.data["path"])
         conv = self.converter(job.data["converter"])
         if conv is None:
-            self.in_flight.discard(path)
+            self._done_with(path)
             return
+        if not charge:
+            log.info("converter worker stopped while on %s (%s); it goes first again", path, reason)
+            self.waiting.appendleft(Pending(source_id, path, conv.name))
+            return
+        self._retake_on_rollback(path, Pending(source_id, path, conv.name))
         try:
             crashes = self.queue.record_crash(source_id, readable(reason))
         except QueueWriteError as error:
-            self._defer(path, _ready_body(path, conv.name), error)
+            self._retake_later(path, Pending(source_id, path, conv.name))
+            self.note_error(error)
             return
         log.warning(
             "converter worker died on %s (%s); crash %d of %d",
@@ -309,7 +346,7 @@ class Conversions:
     def _fail(
         self, source_id: int, path: str, conv: ConverterSettings, details: dict[str, Any]
     ) -> None:
-        self.in_flight.discard(path)
+        self._done_with(path)
         final = self._to_error_folder(path, conv, details)
         self.queue.finish_source(
             source_id,
@@ -349,8 +386,8 @@ class Conversions:
             shutil.move(source, target)  # another file system
         fsync_dir(folder)
         log.warning("%s -> %s: %s", path, target, details.get("error") or details.get("message"))
-        self.station.publish(
-            "file.failed",
+        self.publish(
+            EventTopic.FILE_FAILED,
             {
                 "path": path,
                 "converter": conv.name,
@@ -361,9 +398,11 @@ class Conversions:
         return str(target)
 
     def _post_process(self, source_id: int, path: str, conv: ConverterSettings) -> None:
-        self.in_flight.discard(path)
+        """Runs after the reports' commit; marking the file done waits for the next commit,
+        after the folder it moved to is synced."""
+        self._done_with(path)
         try:
-            final = post_action(Path(path), conv)
+            final = post_action(Path(path), conv, self.turn.sync_dir)
         except OSError as error:
             log.error(
                 "post action %r failed for %s: %s (the reports are safe in the queue)",
@@ -373,12 +412,17 @@ class Conversions:
             )
             return
         crash_point("after-post-action")
+        self.turn.next_turn(lambda: self._finish_done(source_id, path, conv, final))
+
+    def _finish_done(
+        self, source_id: int, path: str, conv: ConverterSettings, final: str | None
+    ) -> None:
         self.queue.finish_source(
             source_id, state=SourceState.DONE, final_path=final and stored_path(final)
         )
         self.counts["converted"] += 1
-        self.station.publish(
-            "file.done",
+        self.publish(
+            EventTopic.FILE_DONE,
             {
                 "path": path,
                 "converter": conv.name,
@@ -398,14 +442,10 @@ class Conversions:
         }
 
     def describe(self) -> list[dict[str, Any]]:
-        described = describe_converters(self.station.config.converters)
+        described = describe_converters(self.config().converters)
         for entry in described:
             entry["waiting"] = sum(p.converter == entry["name"] for p in self.waiting)
         return described
-
-
-def _ready_body(path: str, converter: str) -> dict[str, Any]:
-    return {"path": os.fsencode(path), "converter": converter}
 
 
 def describe_converters(converters: list[ConverterSettings]) -> list[dict[str, Any]]:
@@ -441,15 +481,18 @@ def count_files(folder: str, exclude_suffix: str = "") -> int:
     )
 
 
-def post_action(source: Path, conv: ConverterSettings) -> str | None:
-    """Perform the converter's post action on a converted file; returns where it ended up."""
+def post_action(
+    source: Path, conv: ConverterSettings, sync_dir: Callable[[Path], None] = fsync_dir
+) -> str | None:
+    """Perform the converter's post action on a converted file; returns where it ended up.
+    ``sync_dir`` makes a folder's change durable (at once, or once per loop pass)."""
     if conv.post_action == "keep":
         return str(source)
     if not source.exists() and not source.is_symlink():
         return None  # already done before a crash; nothing left to do
     if conv.post_action == "delete":
         source.unlink()
-        fsync_dir(source.parent)
+        sync_dir(source.parent)
         return None
     relative = relative_folder(source, conv)
     done = Path(conv.done_folder)
@@ -463,7 +506,7 @@ def post_action(source: Path, conv: ConverterSettings) -> str | None:
         os.rename(source, target)
     except OSError:
         shutil.move(source, target)
-    fsync_dir(done)
+    sync_dir(done)
     return str(target)
 
 
@@ -486,9 +529,11 @@ def archive(source: Path, done: Path, relative: Path = Path(os.curdir)) -> str:
     return f"{zip_path}:{name}"
 
 
-def note_replacement(station: Station, report_id: str, state: ReportState, source: str) -> None:
+def note_replacement(
+    publish: Callable[[str, dict[str, Any]], None], report_id: str, state: ReportState, source: str
+) -> None:
     """A different report takes the place of a stored one: say so, in the log and as an event."""
     log.warning(
         "report %s (%s) is replaced by a different report from %s", report_id, state, source
     )
-    station.publish("report.replaced", {"id": report_id, "was": str(state), "source": source})
+    publish(EventTopic.REPORT_REPLACED, {"id": report_id, "was": str(state), "source": source})

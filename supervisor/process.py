@@ -94,6 +94,10 @@ class WorkerProcess:
         return self.popen.pid if self.popen is not None and self.popen.returncode is None else None
 
     @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode if self.popen is not None else None
+
+    @property
     def alive(self) -> bool:
         return self.pid is not None
 

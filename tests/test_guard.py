@@ -384,6 +384,43 @@ def test_after_a_full_disk_submits_say_so_files_never_stall_and_work_resumes_by_
     assert files_status["in_flight"] == 0 and files_status["deferred"] == 0
 
 
+@pytest.mark.timeout(120)
+def test_a_disk_that_fills_while_files_flow_rolls_back_turns_and_loses_nothing_without_restart(
+    make_station, emulator, queue_disk, home
+):
+    station = make_station(config=config(emulator, **watched(home)), start=False)
+    data = queue_disk(station, 8)
+    station.start()
+    pid = status(station)["pid"]
+    drop = home / "drop"
+    drop.mkdir(parents=True, exist_ok=True)
+    units = range(2000, 2060)
+    for unit in units:  # 40 kB of noise each: a few of them fill what the disk has left
+        temp = drop / f".unit-{unit}.tmp"
+        temp.write_text(json.dumps(noisy_report(unit)))
+        temp.rename(drop / f"unit-{unit}.json")
+    filler = fill(data)  # while they are recorded, converted and uploaded
+    wait_until(lambda: "queue_write" in alarms(station), 30, "the queue write alarm")
+    filler.unlink()
+    wait_until(lambda: not alarms(station), 20, "the alarm to clear")
+    wait_until(
+        lambda: set(emulator.received_ids()) >= {noisy_report(unit)["id"] for unit in units},
+        60,
+        "every file's report delivered",
+    )
+    wait_until(lambda: not list(drop.glob("unit-*.json")), 20, "every file moved to Done")
+    assert not (drop / "Error").exists()
+
+    def settled() -> bool:
+        now = status(station)
+        files, queue = now["files"], now["queue"]
+        return files["in_flight"] == files["deferred"] == 0 and queue.get("pending", 0) == 0
+
+    wait_until(settled, 20, "nothing left in flight or pending")
+    assert status(station)["pid"] == pid  # no restart: the turns that failed were rolled back
+    assert "queue writes were rolled back" in station.output()
+
+
 @pytest.mark.timeout(90)
 def test_below_the_free_space_watermark_no_new_work_is_taken_until_above_the_higher_one(
     make_station, emulator, queue_disk, home

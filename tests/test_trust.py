@@ -145,7 +145,8 @@ class Impostor(Converter):
             worker.post(Message(MsgType.FILE_REJECTED, {"converter": name, "path": target,
                                                         "reason": "gotcha"}))
             worker.post(Message(MsgType.FILE_READY, {"converter": name, "path": target,
-                                                     "size": 1, "mtime_ns": 1}))
+                                                     "size": 1, "mtime_ns": 1,
+                                                     "sha256": "0" * 64}))
         raise ConversionError("the impostor did its worst")
 """
 

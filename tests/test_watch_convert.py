@@ -145,12 +145,9 @@ def test_kill9_between_report_committed_and_file_moved_makes_no_second_report(
     station.start()
     wait_until(lambda: path.name in done_names(watch / "Done"), 20, "the file moved to Done")
     wait_until(lambda: emulator.stats()["unique"] == 1, 20, "the report on the server")
-    assert station.call("get_queue_stats") == {
-        "pending": 0,
-        "processing": 0,
-        "completed": 1,
-        "failed": 0,
-    }
+    # The server stores the report before the station hears its answer: wait for that too.
+    settled = {"pending": 0, "processing": 0, "completed": 1, "failed": 0}
+    wait_until(lambda: station.call("get_queue_stats") == settled, 10, "the report completed")
     assert emulator.stats()["received"] == 1
 
 

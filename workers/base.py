@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import zmq
 from setproctitle import setproctitle
 
+from wats_station.ipc.contract import EXIT_ORPHANED, EXIT_REPLACE_ME, check_job, check_settings
 from wats_station.ipc.handshake import SECRET_FD_OPTION, read_secret, routing_identity
 from wats_station.ipc.protocol import Message, MsgType, ProtocolError, decode
 from wats_station.ipc.sockets import new_socket, send
@@ -53,7 +54,7 @@ def die_with_parent(parent_pid: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     # The parent may have died before prctl took effect.
     if os.getppid() != parent_pid:
-        os._exit(70)
+        os._exit(EXIT_ORPHANED)
 
 
 def parse_worker_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -152,7 +153,8 @@ class Worker:
         send(sock, Message(MsgType.HELLO, hello))
         welcome = self._await_welcome(sock)
         if welcome is None:
-            return 75  # EX_TEMPFAIL: the supervisor never answered
+            return EXIT_REPLACE_ME  # the supervisor never answered
+        check_settings(self.kind, welcome)  # a ProtocolError here is a bug: crash, loudly
         self.configure(welcome)
         self._pool = ThreadPoolExecutor(self.capacity, thread_name_prefix=self.kind)
         self.start()
@@ -167,13 +169,13 @@ class Worker:
             now = time.monotonic()
             if now >= next_beat:
                 if os.getppid() != self.args.supervisor_pid or now - last_heard > silence_limit:
-                    return 70  # orphaned: never outlive the supervisor
+                    return EXIT_ORPHANED  # never outlive the supervisor
                 send(sock, Message(MsgType.HEARTBEAT, {"jobs": list(self._jobs)}))
                 next_beat = now + interval
             if self._shutting_down and not self._jobs:
                 return 0
             if self.exit_after_job and not self._jobs:
-                return 75
+                return EXIT_REPLACE_ME
             for socket_or_fd, _ in poller.poll(max(0.0, next_beat - now) * 1000):
                 if socket_or_fd is sock:
                     last_heard = time.monotonic()
@@ -229,6 +231,12 @@ class Worker:
 
     def _start_job(self, body: dict[str, Any]) -> None:
         job_id, kind, data = body["job_id"], body["kind"], body["data"]
+        try:
+            check_job(kind, data)
+        except ProtocolError as error:
+            failed = {"job_id": job_id, "ok": False, "error": {"message": str(error)}}
+            self.post(Message(MsgType.JOB_DONE, failed))
+            return
         assert self._pool is not None
         self._jobs[job_id] = self._pool.submit(self._run_job, job_id, kind, data)
 

@@ -17,15 +17,37 @@ from typing import Any
 
 from wats_station.converters.base import ConversionError, Report, ensure_report_ids
 from wats_station.converters.registry import load_converter_class
-from wats_station.converters.wsjf import InvalidReport, report_json, validate_report
+from wats_station.converters.wsjf import (
+    InvalidReport,
+    report_json,
+    serialise_submitted,
+    validate_report,
+)
+from wats_station.ipc.contract import WorkerKind
+from wats_station.ipc.protocol import (
+    ErrorCode,
+    JobKind,
+    MsgType,
+    ProtocolError,
+    check_fields,
+    decode,
+)
 from wats_station.workers.base import JobError, Worker, run_worker
 from wats_station.workers.crashpoints import crash_point
+from wats_station.workers.dropped import NotReadable, read_dropped
 
 MB = 1024 * 1024
+# submit_report's arguments as the control API declares them (supervisor.control); the
+# supervisor checks the priority's range when it queues the report.
+SUBMIT_ARGS = {
+    "report": ((dict, str, bytes), True),
+    "replace": ((bool,), False),
+    "priority": ((int,), False),
+}
 
 
 class ConverterWorker(Worker):
-    kind = "converter"
+    kind = WorkerKind.CONVERTER
 
     def configure(self, settings: dict[str, Any]) -> None:
         self.capacity = 1
@@ -33,6 +55,7 @@ class ConverterWorker(Worker):
         folder = settings.get("converters_folder")
         self.search_paths = [Path(folder)] if folder else []
         self.station = settings.get("station", {})
+        self.max_file_bytes = settings["max_file_bytes"]
         self.processes_file = settings.get("processes_file")
         self._instances: dict[str, Any] = {}
         self._limit_memory()
@@ -57,6 +80,8 @@ class ConverterWorker(Worker):
         return self._instances[name]
 
     def run_job(self, kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        if kind == JobKind.VALIDATE:
+            return self.validate_request(data["frame"])
         path = Path(os.fsdecode(data["path"]))
         name = data["converter"]
         if name not in self.settings_by_name:
@@ -65,12 +90,14 @@ class ConverterWorker(Worker):
         crash_point("before-convert", name)
         try:
             converter = self.converter(name)
-            content = path.read_bytes()
+            content = read_dropped(path, self.max_file_bytes)
             reports = ensure_report_ids(list(converter.convert(path)), content)
         except ConversionError as error:
             raise JobError(str(error), converter=name) from None
         except FileNotFoundError:
             raise JobError(f"{path} vanished before it could be read", converter=name) from None
+        except NotReadable as error:
+            raise JobError(f"{path.name}: {error}", converter=name) from None
         except MemoryError:
             # The heap may be in any state now: report, then let the supervisor restart us.
             self.exit_after_job = True
@@ -85,6 +112,39 @@ class ConverterWorker(Worker):
         return {
             "reports": [serialise(report, index, path) for index, report in enumerate(reports)],
             "converter_version": str(getattr(converter, "version", "") or ""),
+        }
+
+    def validate_request(self, frame: bytes) -> dict[str, Any]:
+        """A big ``submit_report`` request, decoded and validated here instead of in the
+        supervisor's loop; errors carry the code and request id for the client's reply."""
+        request_id = None
+        try:
+            message = decode(frame, self.args.max_message_bytes)
+            request_id = message.id
+            body = message.body
+            if message.type is not MsgType.REQUEST or body["command"] != "submit_report":
+                raise JobError(
+                    "only submit_report requests may be this large",
+                    code=str(ErrorCode.BAD_ARGUMENTS),
+                    request_id=request_id,
+                )
+            args = body.get("args") or {}
+            try:
+                check_fields("submit_report", SUBMIT_ARGS, args, request_id)
+            except ProtocolError as error:
+                code = str(ErrorCode.BAD_ARGUMENTS)
+                raise JobError(str(error), code=code, request_id=request_id) from None
+            report_id, payload = serialise_submitted(args["report"])
+        except ProtocolError as error:
+            raise JobError(str(error), code=str(error.code), request_id=error.request_id) from None
+        except InvalidReport as error:
+            code = str(ErrorCode.INVALID_REPORT)
+            raise JobError(f"invalid report: {error}", code=code, request_id=request_id) from None
+        return {
+            "request_id": request_id,
+            "reports": [{"id": report_id, "json": payload}],
+            "priority": args.get("priority") or 0,
+            "replace": bool(args.get("replace")),
         }
 
 

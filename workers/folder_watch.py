@@ -42,12 +42,19 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify_move_event_grouper import InotifyMoveEventGrouper
 from watchdog.observers.polling import PollingObserver
 
 log = logging.getLogger(__name__)
 # watchdog warns when a recursive watch meets a folder it already watches (mkdir -p races its
 # own walk); the watch is kept, so the warning only fills the log.
 warnings.filterwarnings("ignore", r"Callback with id .* already exists", RuntimeWarning, "watchdog")
+
+# watchdog holds every IN_MOVED_FROM for 0.5 s to pair it with its IN_MOVED_TO, and every event
+# behind it waits too. Moving a converted file to Done/ (inside the watched folder, but not
+# watched) made the next file dropped within 0.5 s wait that long. Events are only hints here
+# (the stat decides), so unpaired moves cost nothing: they pass at once.
+InotifyMoveEventGrouper.delay = 0.0
 
 TEMPORARY_NAME_PATTERNS = (
     "*.tmp",
@@ -170,6 +177,16 @@ def _symlink_rejection(path: Path) -> str:
     if target.is_relative_to(folder):
         return f"symlink to {target}: symlinks are not followed"
     return f"symlink to {target}, outside the watch folder {folder}: symlinks are not followed"
+
+
+def _rejection(path: Path, mode: int) -> str | None:
+    """Why a file that is not a regular file is never read (reported once, then moved away)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return _symlink_rejection(path)
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"{kind}, not a regular file: it is not read"
 
 
 class FolderWatcher:
@@ -501,7 +518,7 @@ class FolderWatcher:
         """Record what a stat showed; a changed size or mtime starts the debounce again."""
         if (
             st is None
-            or not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode))
+            or stat.S_ISDIR(st.st_mode)
             or (stat.S_ISLNK(st.st_mode) and path.is_dir())  # a folder: not followed, not moved
         ):
             self._tracked.pop(path, None)
@@ -512,7 +529,7 @@ class FolderWatcher:
             st.st_mtime_ns,
             st.st_ctime_ns,
         ):
-            rejection = _symlink_rejection(path) if stat.S_ISLNK(st.st_mode) else None
+            rejection = _rejection(path, st.st_mode)
             candidate = _Candidate(
                 spec.converter, st.st_size, st.st_mtime_ns, now, rejection, ctime_ns=st.st_ctime_ns
             )

@@ -33,6 +33,7 @@ from wats_station.converters.processes import (
     compact_processes,
     store_processes,
 )
+from wats_station.ipc.contract import WorkerKind
 from wats_station.ipc.protocol import JobKind, UploadOutcome
 from wats_station.workers.base import JobError, Worker, run_worker
 from wats_station.workers.crashpoints import crash_point
@@ -159,7 +160,7 @@ def retry_after(response: requests.Response) -> float | None:
 
 
 class UploaderWorker(Worker):
-    kind = "uploader"
+    kind = WorkerKind.UPLOADER
 
     def configure(self, settings: dict[str, Any]) -> None:
         self.server = settings["server"]
