@@ -34,7 +34,16 @@ from wats_station.converters.wstf import (
     rolled_up_status,
     station_fields,
 )
-from wats_station.converters.xmltools import child, children, local, parse_xml, path, text
+from wats_station.converters.xmltools import (
+    ATML_NAMESPACES,
+    child,
+    children,
+    is_atml,
+    local,
+    parse_xml,
+    path,
+    text,
+)
 
 ARGUMENT_DEFAULTS: dict[str, Any] = {
     # Virinco's defaults, partRevision "10" included
@@ -47,13 +56,6 @@ ARGUMENT_DEFAULTS: dict[str, Any] = {
     "location": None,
     "purpose": None,
 }
-ATML_NAMESPACES = (
-    "http://www.ieee.org/ATML/2007/TestResults",  # 2.02
-    "urn:IEEE-1636.1:2011:01:TestResultsCollection",  # 5.00
-    "urn:IEEE-1636.1:2011:01:TestResults",
-    "urn:IEEE-1636.1:2013:TestResultsCollection",  # 6.01
-    "urn:IEEE-1636.1:2013:TestResults",
-)
 OUTCOME_LETTERS = {
     "passed": "P",
     "failed": "F",
@@ -79,12 +81,6 @@ GENERIC_STEP_TYPES = frozenset(
     }
 )  # fmt: skip
 STEP_ELEMENTS = frozenset({"TestGroup", "SessionAction", "Test"})
-
-
-def is_atml(root: Element) -> bool:
-    return local(root.tag) in ("TestResults", "TestResultsCollection") and (
-        root.tag.startswith("{") and root.tag[1:].partition("}")[0] in ATML_NAMESPACES
-    )
 
 
 class ATMLConverter(Converter):

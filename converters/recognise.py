@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from xml.etree.ElementTree import Element
 
-from wats_station.converters.xmltools import local, namespace
+from wats_station.converters.xmltools import is_atml, local, namespace
 
 WSXF_NAMESPACE = "http://wats.virinco.com/schemas/WATS/Report/wsxf"
 # The standard converters whose files recognise() tells apart by content.
@@ -21,8 +21,6 @@ SNIFF_BYTES = 65536
 
 def describe_xml_root(root: Element) -> str:
     """What an XML document with this root element is, in words a user understands."""
-    from wats_station.converters.atml import is_atml
-
     name = local(root.tag)
     if is_atml(root):
         return "an IEEE 1636.1 ATML test results document (use the atml converter)"
@@ -72,7 +70,6 @@ def _recognise_json(path: Path) -> tuple[str | None, str]:
 
 
 def _recognise_xml(path: Path) -> tuple[str | None, str]:
-    from wats_station.converters.atml import is_atml
     from wats_station.converters.base import ConversionError
     from wats_station.converters.xmltools import parse_xml
 

@@ -61,3 +61,19 @@ def path(element: Element | None, *names: str) -> Element | None:
 
 def text(element: Element | None) -> str:
     return (element.text or "").strip() if element is not None else ""
+
+
+ATML_NAMESPACES = (
+    "http://www.ieee.org/ATML/2007/TestResults",  # 2.02
+    "urn:IEEE-1636.1:2011:01:TestResultsCollection",  # 5.00
+    "urn:IEEE-1636.1:2011:01:TestResults",
+    "urn:IEEE-1636.1:2013:TestResultsCollection",  # 6.01
+    "urn:IEEE-1636.1:2013:TestResults",
+)
+
+
+def is_atml(root: Element) -> bool:
+    """Whether this root element is an IEEE 1636.1 ATML test results document."""
+    return local(root.tag) in ("TestResults", "TestResultsCollection") and (
+        root.tag.startswith("{") and root.tag[1:].partition("}")[0] in ATML_NAMESPACES
+    )

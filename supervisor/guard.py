@@ -25,12 +25,29 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wats_station.supervisor.queue import DISK_FULL, QueueError, QueueLost, QueueWriteError
 
 if TYPE_CHECKING:
-    from wats_station.supervisor.service import Station
+    from wats_station.supervisor.config import Config
+
+
+class Resumable(Protocol):
+    def resume(self) -> None: ...
+
+
+class Station(Protocol):
+    """What the guard uses of the running station (the service implements it; this module
+    does not import the service, so the import graph has no circle)."""
+
+    config: Config
+    queue: Any  # ReportQueue, or None before it is open
+    uploads: Resumable
+    conversions: Resumable
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
+
 
 log = logging.getLogger("wats-station")
 

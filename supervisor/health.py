@@ -12,14 +12,33 @@ from __future__ import annotations
 import shutil
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wats_station.ipc.states import HealthVerdict, ServerState, WorkerState
 from wats_station.supervisor import trail
 from wats_station.supervisor.config import AdmissionSettings, HealthSettings
 
 if TYPE_CHECKING:
-    from wats_station.supervisor.service import Station
+    from wats_station.supervisor.config import Config
+    from wats_station.supervisor.guard import QueueGuard
+    from wats_station.supervisor.pause import Pause
+    from wats_station.supervisor.process import WorkerProcess
+    from wats_station.supervisor.queue import ReportQueue
+
+
+class Station(Protocol):
+    """What the health verdict reads of the running station (the service implements it; this
+    module does not import the service, so the import graph has no circle)."""
+
+    config: Config
+    queue: ReportQueue
+    workers: dict[str, WorkerProcess]
+    uploads: Any  # server_state, server_detail, paused_until
+    pause: Pause
+    guard: QueueGuard
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
+
 
 MB = 1024 * 1024
 # The worker kinds without which results stop flowing: all of a kind crash-looping is failing.

@@ -12,12 +12,32 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wats_station.supervisor import trail
 
 if TYPE_CHECKING:
-    from wats_station.supervisor.service import Station
+    from wats_station.supervisor.config import Config
+    from wats_station.supervisor.health import Health
+    from wats_station.supervisor.pause import Pause
+    from wats_station.supervisor.process import WorkerProcess
+    from wats_station.supervisor.queue import ReportQueue
+
+
+class Station(Protocol):
+    """What the counters read of the running station (the service implements it; this module
+    does not import the service, so the import graph has no circle)."""
+
+    config: Config
+    queue: ReportQueue
+    state: Any  # a ServiceState
+    workers: dict[str, WorkerProcess]
+    uploads: Any  # server_state
+    health: Health
+    pause: Pause
+
+    def publish(self, topic: str, data: dict[str, Any]) -> None: ...
+
 
 # Upload round trips, in seconds: from handing a report to the uploader to its answer.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -13,14 +13,20 @@ stopped station as well as a running one.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from wats_station.supervisor.pathnames import real_path, stored_path
 
-if TYPE_CHECKING:
-    from wats_station.supervisor.queue import ReportQueue
+
+class QueueFile(Protocol):
+    """The queue's SQL door (queue.ReportQueue is one); the trail needs nothing else of it."""
+
+    def _sql(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> sqlite3.Cursor: ...
+
 
 # Created if missing each time the queue is opened; older wats-station versions ignore them.
 SCHEMA = (
@@ -98,14 +104,14 @@ INSERT = (
 SOURCE_FIELDS = "id, path, size, sha256, converter, state, last_error, final_path, created_at"
 
 
-def ensure_schema(queue: ReportQueue) -> None:
+def ensure_schema(queue: QueueFile) -> None:
     with queue._write():
         for statement in SCHEMA:
             queue._sql(statement)
 
 
 def note(
-    queue: ReportQueue,
+    queue: QueueFile,
     what: str,
     *,
     source_id: int | None = None,
@@ -120,12 +126,12 @@ def note(
 # -- the meta table ------------------------------------------------------------------------
 
 
-def get_meta(queue: ReportQueue, key: str) -> Any:
+def get_meta(queue: QueueFile, key: str) -> Any:
     row = queue._sql("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return json.loads(row[0]) if row else None
 
 
-def set_meta(queue: ReportQueue, key: str, value: Any) -> None:
+def set_meta(queue: QueueFile, key: str, value: Any) -> None:
     """Store a JSON value durably; None deletes the key."""
     with queue._write():
         if value is None:
@@ -141,7 +147,7 @@ def set_meta(queue: ReportQueue, key: str, value: Any) -> None:
 # -- what health needs ---------------------------------------------------------------------
 
 
-def oldest_unsent(queue: ReportQueue) -> float | None:
+def oldest_unsent(queue: QueueFile) -> float | None:
     """created_at of the oldest report not yet delivered (pending or processing), or None."""
     row = queue._sql(
         "SELECT MIN(created_at) FROM ("
@@ -153,7 +159,7 @@ def oldest_unsent(queue: ReportQueue) -> float | None:
     return row[0] if row else None
 
 
-def oldest_waiting_file(queue: ReportQueue) -> float | None:
+def oldest_waiting_file(queue: QueueFile) -> float | None:
     """When the oldest file that is recorded but not yet converted was seen, or None."""
     row = queue._sql(
         "SELECT created_at FROM source_file INDEXED BY source_file_state "
@@ -175,7 +181,7 @@ def _source_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     return source
 
 
-def find_sources(queue: ReportQueue, target: str) -> list[dict[str, Any]]:
+def find_sources(queue: QueueFile, target: str) -> list[dict[str, Any]]:
     """Every record of a file given by content hash, path (where it was or is now) or name."""
     base = f"SELECT {SOURCE_FIELDS} FROM source_file WHERE "
     if len(target) == 64 and all(c in "0123456789abcdef" for c in target.lower()):
@@ -206,7 +212,7 @@ def _is_uuid(text: str) -> bool:
     return True
 
 
-def trace(queue: ReportQueue, target: str) -> dict[str, Any] | None:
+def trace(queue: QueueFile, target: str) -> dict[str, Any] | None:
     """The life of a file or a report; None if the queue knows nothing of `target`."""
     sources = find_sources(queue, target)
     report_ids: set[str] = set()
@@ -246,7 +252,7 @@ def trace(queue: ReportQueue, target: str) -> dict[str, Any] | None:
     }
 
 
-def _events(queue: ReportQueue, source_ids: list[int], report_ids: list[str]) -> list[dict]:
+def _events(queue: QueueFile, source_ids: list[int], report_ids: list[str]) -> list[dict]:
     rows: dict[int, tuple[Any, ...]] = {}
     fields = "seq, at, source_id, report_id, what, http_status, detail"
     if source_ids:
@@ -262,7 +268,7 @@ def _events(queue: ReportQueue, source_ids: list[int], report_ids: list[str]) ->
     return [dict(zip(keys, rows[seq], strict=True)) for seq in sorted(rows)]
 
 
-def _report_now(queue: ReportQueue, report_id: str) -> dict[str, Any]:
+def _report_now(queue: QueueFile, report_id: str) -> dict[str, Any]:
     report = queue.get(report_id)
     if report is None:
         return {"id": report_id, "state": "removed"}

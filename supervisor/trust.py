@@ -15,7 +15,7 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -25,8 +25,14 @@ from wats_station.ipc.protocol import MsgType
 from wats_station.supervisor.config import TOKEN_ENV
 from wats_station.supervisor.notify import SYSTEMD_ONLY_ENV
 
-if TYPE_CHECKING:
-    from wats_station.supervisor.process import WorkerProcess
+
+class SpawnedWorker(Protocol):
+    """What the HELLO check needs of the worker we spawned (process.WorkerProcess is one)."""
+
+    name: str
+    pid: int | None
+    secret: bytes | None
+
 
 PRIVATE_UMASK = 0o077
 # Never handed to a worker: the token reaches the uploader in its WELCOME, and only there.
@@ -46,7 +52,7 @@ def worker_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def hello_refusal(
-    worker: WorkerProcess | None, body: dict[str, Any], peer_address: str | None
+    worker: SpawnedWorker | None, body: dict[str, Any], peer_address: str | None
 ) -> str | None:
     """Why this HELLO must be refused, or None when it comes from the worker we spawned."""
     if worker is None:

@@ -112,3 +112,33 @@ def test_wats_station_and_supervisord_share_one_environment(wheel: Path, tmp_pat
     run(python, "-m", "pip", "uninstall", "--yes", "supervisor")
     assert "usage" in run(bin_dir / "wats-station", "--help").stdout
     run(python, "-c", "import wats_station.supervisor.service, wats_station.workers.uploader")
+
+
+def test_the_modules_of_the_product_import_each_other_without_a_circle() -> None:
+    """Counting imports made only for type checking too: a handler that needs the station
+    says what it uses (a Protocol), it does not import the service that imports it."""
+    modules = {
+        f"wats_station.{folder}.{path.stem}": path
+        for folder in ("ipc", "converters", "workers", "supervisor")
+        for path in (REPO / folder).glob("*.py")
+        if path.stem != "__init__"
+    }
+    graph = {
+        name: {m for m in imports_of(path.read_text()) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    circles, done = [], set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            circles.append(" -> ".join([*trail[trail.index(name) :], name]))
+            return
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+    assert circles == []

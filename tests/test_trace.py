@@ -224,3 +224,23 @@ def test_files_retry_delivers_a_quarantined_file_once_after_its_converter_is_fix
     assert all(e["pid"] != entries[0]["pid"] for e in worker_lines)
     rejected = [e for e in entries if "rejected by the server" in e["event"]]
     assert rejected and rejected[0]["report_ids"] == [REJECTED["id"]]
+
+
+@pytest.mark.timeout(60)
+def test_a_file_retried_the_moment_it_is_quarantined_is_taken_again_at_once(make_station, home):
+    """An operator clicks "reprocess" as soon as a file shows in Error: its bytes and mtime are
+    what the watcher saw before, yet it must be converted again now, not minutes later."""
+    with Emulator(token=TOKEN) as emulator:
+        station = board_station(make_station, home, emulator.url, BOARD_V1)
+        drop = station.paths.data_dir / "drop" / "board"
+        (drop / "sn-4.board").write_text("SN-0004\n")
+        wait_until(lambda: station.call("list_files", state="error"), 20, "the file in Error")
+        station.call("retry_files", names=["sn-4.board"])
+        wait_until(
+            lambda: in_order(
+                whats(station.call("trace", target="sn-4.board")),
+                ["quarantined", "retried", "seen", "quarantined"],
+            ),
+            15,
+            "the retried file converted again (and quarantined again: the converter is unfixed)",
+        )

@@ -124,10 +124,13 @@ class _Candidate:
     stable_since: float
     rejection: str | None = None
     reported_at: float | None = None
+    # A rename changes the inode's ctime, not its mtime: a file moved out to Error and put back
+    # (``files retry``) between two looks is a new arrival, not the one reported before.
+    ctime_ns: int = 0
 
     @property
-    def signature(self) -> tuple[int, int]:
-        return (self.size, self.mtime_ns)
+    def signature(self) -> tuple[int, int, int]:
+        return (self.size, self.mtime_ns, self.ctime_ns)
 
 
 def _real(path: Path) -> Path:
@@ -521,9 +524,15 @@ class FolderWatcher:
             self._tracked.pop(path, None)
             return None
         candidate = self._tracked.get(path)
-        if candidate is None or candidate.signature != (st.st_size, st.st_mtime_ns):
+        if candidate is None or candidate.signature != (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        ):
             rejection = _rejection(path, st.st_mode)
-            candidate = _Candidate(spec.converter, st.st_size, st.st_mtime_ns, now, rejection)
+            candidate = _Candidate(
+                spec.converter, st.st_size, st.st_mtime_ns, now, rejection, ctime_ns=st.st_ctime_ns
+            )
             self._tracked[path] = candidate
         return candidate
 
