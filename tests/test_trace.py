@@ -103,6 +103,7 @@ def test_trace_shows_the_whole_life_of_a_file_through_a_crash_and_server_errors(
             env={CRASH_ENV: f"before-convert:board@{crash_1},before-post@{crash_2}"},
         )
         drop = station.paths.data_dir / "drop" / "board"
+        drop.mkdir(parents=True, exist_ok=True)  # the watcher makes it too, a moment after "ready"
         (drop / "sn-1.board").write_text("SN-0001\n")
         report_id = derived_report_id(b"SN-0001\n", 0)
 
@@ -163,6 +164,7 @@ def test_files_retry_delivers_a_quarantined_file_once_after_its_converter_is_fix
         wait_until(lambda: station.call("get_queue_stats")["failed"] == 1, 10, "the rejection")
         emulator.set_faults(failure_rate=0.0)
         drop = station.paths.data_dir / "drop" / "board"
+        drop.mkdir(parents=True, exist_ok=True)  # the watcher makes it too, a moment after "ready"
         (drop / "sn-2.board").write_text("SN-0002\n")
         (drop / "sn-3.board").write_text("SN-0003\n")
         errors = wait_until(
@@ -233,6 +235,7 @@ def test_a_file_retried_the_moment_it_is_quarantined_is_taken_again_at_once(make
     with Emulator(token=TOKEN) as emulator:
         station = board_station(make_station, home, emulator.url, BOARD_V1)
         drop = station.paths.data_dir / "drop" / "board"
+        drop.mkdir(parents=True, exist_ok=True)  # the watcher makes it too, a moment after "ready"
         (drop / "sn-4.board").write_text("SN-0004\n")
         wait_until(lambda: station.call("list_files", state="error"), 20, "the file in Error")
         station.call("retry_files", names=["sn-4.board"])
