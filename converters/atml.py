@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import (
+    ConversionError,
+    Converter,
+    Report,
+    ensure_report_ids,
+    file_head,
+)
 from wats_station.converters.processes import UnknownOperationType, operation_code
 from wats_station.converters.wstf import (
     checked_arguments,
@@ -95,8 +101,7 @@ class ATMLConverter(Converter):
         self.station = station_fields(self.settings)
 
     def validate(self, path: Path) -> float:
-        with path.open("rb") as file:
-            start = file.read(4096)
+        start = file_head(path)
         return 0.95 if any(ns.encode() in start for ns in ATML_NAMESPACES) else 0.0
 
     def convert(self, path: Path) -> list[Report]:

@@ -48,6 +48,12 @@ class Converter:
         raise NotImplementedError
 
 
+def file_head(path: Path, size: int = 4096) -> bytes:
+    """The first ``size`` bytes of a file: what ``validate`` and format recognition look at."""
+    with path.open("rb") as file:
+        return file.read(size)
+
+
 def derived_report_id(content: bytes, position: int) -> str:
     """A stable report id for the ``position``-th report of a file with these bytes."""
     digest = hashlib.sha256(content).hexdigest()

@@ -26,7 +26,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import (
+    ConversionError,
+    Converter,
+    Report,
+    ensure_report_ids,
+    file_head,
+)
 from wats_station.converters.processes import UnknownOperationType, operation_code
 from wats_station.converters.wstf import (
     checked_arguments,
@@ -77,8 +83,7 @@ class OpenHTFConverter(Converter):
         self.station = station_fields(self.settings)
 
     def validate(self, path: Path) -> float:
-        with path.open("rb") as file:
-            start = file.read(4096)
+        start = file_head(path)
         return 0.9 if b'"dut_id"' in start or b'"phases"' in start else 0.0
 
     def convert(self, path: Path) -> list[Report]:

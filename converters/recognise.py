@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from xml.etree.ElementTree import Element
 
+from wats_station.converters.base import file_head
 from wats_station.converters.xmltools import is_atml, local, namespace
 
 WSXF_NAMESPACE = "http://wats.virinco.com/schemas/WATS/Report/wsxf"
@@ -34,8 +35,7 @@ def describe_xml_root(root: Element) -> str:
 
 def recognise(path: Path) -> tuple[str | None, str]:
     """(the standard converter for this file or None, what the file looks like)."""
-    with path.open("rb") as file:
-        head = file.read(SNIFF_BYTES)
+    head = file_head(path, SNIFF_BYTES)
     if not head.strip():
         return None, "an empty file"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n")

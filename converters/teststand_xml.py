@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import (
+    ConversionError,
+    Converter,
+    Report,
+    ensure_report_ids,
+    file_head,
+)
 from wats_station.converters.processes import UnknownOperationType, operation_code
 from wats_station.converters.wstf import (
     checked_arguments,
@@ -75,8 +81,7 @@ class TestStandXMLConverter(Converter):
         self.station = station_fields(self.settings)
 
     def validate(self, path: Path) -> float:
-        with path.open("rb") as file:
-            start = file.read(4096)
+        start = file_head(path)
         return 0.9 if b"<Reports>" in start and b"<Report Type=" in start else 0.0
 
     def convert(self, path: Path) -> list[Report]:

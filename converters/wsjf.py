@@ -23,6 +23,7 @@ from wats_station.converters.base import (
     Report,
     canonical_id,
     ensure_report_ids,
+    file_head,
 )
 
 REPORT_TYPES = frozenset({"T", "R"})
@@ -173,8 +174,7 @@ class WSJFConverter(Converter):
     file_patterns = ("*.json",)
 
     def validate(self, path: Path) -> float:
-        with path.open("rb") as file:
-            start = file.read(64).removeprefix(codecs.BOM_UTF8).lstrip()
+        start = file_head(path, 64).removeprefix(codecs.BOM_UTF8).lstrip()
         return 0.9 if start[:1] in (b"{", b"[") else 0.1
 
     def convert(self, path: Path) -> list[Report]:

@@ -33,7 +33,13 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import (
+    ConversionError,
+    Converter,
+    Report,
+    ensure_report_ids,
+    file_head,
+)
 from wats_station.converters.processes import UnknownOperationType, operation_code
 
 HEADER_START = "--Header-Start--"
@@ -355,8 +361,7 @@ class WSTFConverter(Converter):
         )
 
     def validate(self, path: Path) -> float:
-        with path.open("rb") as file:
-            start = file.read(8192)
+        start = file_head(path, 8192)
         if HEADER_START.encode() not in start:
             return 0.0
         return 0.95 if STEP_DATA_START.encode() in start else 0.8

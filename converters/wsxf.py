@@ -21,7 +21,13 @@ from xml.parsers import expat
 from defusedxml import DefusedXmlException, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser
 
-from wats_station.converters.base import ConversionError, Converter, Report, ensure_report_ids
+from wats_station.converters.base import (
+    ConversionError,
+    Converter,
+    Report,
+    ensure_report_ids,
+    file_head,
+)
 from wats_station.converters.recognise import describe_xml_root
 from wats_station.converters.wsjf import InvalidReport, validate_report
 
@@ -84,8 +90,7 @@ class WSXFConverter(Converter):
     file_patterns = ("*.xml",)
 
     def validate(self, path: Path) -> float:
-        with path.open("rb") as file:
-            start = file.read(4096)
+        start = file_head(path)
         return 0.95 if WSXF_NAMESPACE.encode() in start else 0.1
 
     def convert(self, path: Path) -> list[Report]:
