@@ -34,7 +34,16 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o600, durable: boo
 
 def fsync_dir(folder: Path) -> None:
     """Make the names in ``folder`` (a rename, a new file) durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    _fsync(folder, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def fsync_file(path: Path) -> None:
+    """Make a file written by someone else (SQLite, say) durable before it is linked in."""
+    _fsync(path, os.O_RDONLY)
+
+
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:

@@ -51,6 +51,7 @@ import peewee
 
 from wats_station.ipc.states import ReportState, SourceState
 from wats_station.supervisor import trail
+from wats_station.supervisor.atomic import fsync_dir, fsync_file
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 BUSY_TIMEOUT_S = 5.0
@@ -410,7 +411,7 @@ class ReportQueue:
                 self._db.connection().backup(copy)
             finally:
                 copy.close()
-            _fsync_file(temp)
+            fsync_file(temp)
             try:
                 _link_into_place(temp, target)
             except FileExistsError:
@@ -1106,7 +1107,7 @@ def _create_file(path: Path) -> None:
             db.execute("COMMIT")
         finally:
             db.close()
-        _fsync_file(temp)
+        fsync_file(temp)
         _link_into_place(temp, path)
         _fsync_dir(path.parent)
     except FileExistsError:
@@ -1162,17 +1163,9 @@ def _beside(path: Path, what: str) -> Path:
     return path.with_name(f"{path.name}.{what}-{stamp}-{uuid.uuid4().hex[:6]}")
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # some file systems cannot sync a directory
-        _fsync_file(folder)
+        fsync_dir(folder)
 
 
 def _crc32(blob: bytes | None) -> int | None:
