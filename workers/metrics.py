@@ -45,6 +45,13 @@ MISSED_SNAPSHOTS = 3
 PREFIX = "wats_station"
 
 
+def by_label(family: Any, values: dict[str, float]) -> Any:
+    """``family`` with one sample per (label value, number) of ``values``, in label order."""
+    for label, n in sorted(values.items()):
+        family.add_metric([label], n)
+    return family
+
+
 def families(snap: dict[str, Any]) -> Iterator[Metric]:
     """One snapshot from the supervisor as Prometheus metric families."""
     files = CounterMetricFamily(
@@ -63,25 +70,23 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         "Age of the oldest file waiting to be converted (0 when none)",
         value=snap["oldest_waiting_s"] or 0.0,
     )
-    reports = GaugeMetricFamily(
-        f"{PREFIX}_reports", "Reports in the queue, by state", labels=["state"]
+    yield by_label(
+        GaugeMetricFamily(f"{PREFIX}_reports", "Reports in the queue, by state", labels=["state"]),
+        snap["reports"],
     )
-    for state, n in sorted(snap["reports"].items()):
-        reports.add_metric([state], n)
-    yield reports
     yield CounterMetricFamily(
         f"{PREFIX}_reports_queued",
         "Reports queued since the station started",
         value=snap["reports_queued"],
     )
-    uploads = CounterMetricFamily(
-        f"{PREFIX}_uploads",
-        "Uploads since the station started, by outcome class (lost: the uploader died)",
-        labels=["outcome"],
+    yield by_label(
+        CounterMetricFamily(
+            f"{PREFIX}_uploads",
+            "Uploads since the station started, by outcome class (lost: the uploader died)",
+            labels=["outcome"],
+        ),
+        snap["uploads"],
     )
-    for outcome, n in sorted(snap["uploads"].items()):
-        uploads.add_metric([outcome], n)
-    yield uploads
     latency = snap["upload_seconds"]
     buckets = [(repr(float(le)), n) for le, n in latency["buckets"]]
     buckets.append(("+Inf", latency["count"]))
@@ -96,12 +101,10 @@ def families(snap: dict[str, Any]) -> Iterator[Metric]:
         "Age of the oldest report not yet delivered (0 when none)",
         value=snap["oldest_unsent_s"] or 0.0,
     )
-    restarts = CounterMetricFamily(
-        f"{PREFIX}_worker_restarts", "Worker restarts", labels=["worker"]
+    yield by_label(
+        CounterMetricFamily(f"{PREFIX}_worker_restarts", "Worker restarts", labels=["worker"]),
+        snap["worker_restarts"],
     )
-    for name, n in sorted(snap["worker_restarts"].items()):
-        restarts.add_metric([name], n)
-    yield restarts
     yield GaugeMetricFamily(
         f"{PREFIX}_loop_lag_seconds",
         "How late the supervisor's loop woke for its last timer",
